@@ -1,0 +1,61 @@
+"""Build the seams' implementations that the settings choose.
+
+Imports are inside the builders so the local backend never imports boto3
+and the AWS backend never opens SQLite.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from core.errors import ConfigError
+from core.interfaces import Fleet, JobStore, Queue
+from core.jobservice import JobService
+from core.settings import Settings
+
+
+@dataclasses.dataclass
+class Backends:
+    store: JobStore
+    new_jobs: Queue
+    state_changes: Queue
+    settings: Settings
+
+    @property
+    def jobs(self) -> JobService:
+        return JobService(self.store, self.new_jobs, self.state_changes)
+
+    def close(self) -> None:
+        for part in (self.new_jobs, self.state_changes, self.store):
+            part.close()
+
+
+def open_backends(settings: Settings) -> Backends:
+    """The job store and the two queues for `settings.backend`."""
+    if settings.backend == "local":
+        from core.sqlite_queue import SQLiteQueue
+        from core.sqlite_store import SQLiteJobStore
+
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        path = str(settings.database_path)
+        return Backends(
+            store=SQLiteJobStore(path),
+            new_jobs=SQLiteQueue(path, settings.sqs_new_job_queue_name,
+                                 visibility_timeout_s=settings.visibility_timeout_s,
+                                 dead_letter_after=settings.max_receives + 1,
+                                 poll_interval_s=settings.local_queue_poll_ms / 1000),
+            state_changes=SQLiteQueue(path, settings.sqs_job_state_change_queue_name,
+                                      visibility_timeout_s=settings.visibility_timeout_s,
+                                      dead_letter_after=settings.max_receives + 1,
+                                      poll_interval_s=settings.local_queue_poll_ms / 1000),
+            settings=settings,
+        )
+    raise ConfigError(f"setting 'backend': {settings.backend!r} is not available in this build")
+
+
+def open_fleet(settings: Settings) -> Fleet:
+    """The encoder fleet for `settings.backend`."""
+    if settings.backend == "local":
+        from core.supervisor_fleet import SupervisorFleet
+
+        return SupervisorFleet(settings.supervisor_url, settings.supervisor_program)
+    raise ConfigError(f"setting 'backend': {settings.backend!r} is not available in this build")

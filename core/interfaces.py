@@ -1,0 +1,169 @@
+"""The four seams, shaped like the cloud services behind them.
+
+Each backend implements one of these and raises only core.errors types.
+Rules (state transitions, retries, leases) live above, in core.jobservice.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from datetime import datetime
+
+from core.jobs import Job, JobState
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """A received queue message. `receipt` identifies this delivery."""
+
+    id: str
+    body: str
+    receipt: str
+    receive_count: int
+
+
+@dataclasses.dataclass
+class Node:
+    """One encoder's report of itself (the original's ec2nommer state domain)."""
+
+    id: str
+    state: str  # "working", "idle" or "stopped"
+    active_jobs: int
+    last_report: datetime
+    started_at: datetime
+
+
+class JobStore(abc.ABC):
+    """Jobs and encoder nodes. Writes to a job are conditional on its version."""
+
+    @abc.abstractmethod
+    def create_job(self, job: Job) -> Job:
+        """Store a new job (version 1). Raises ConflictError if the id exists."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> Job:
+        """Return the job with a consistent read. Raises NotFound."""
+
+    @abc.abstractmethod
+    def update_job(self, job: Job, expected_version: int) -> Job:
+        """Write `job` if the stored version is still `expected_version`.
+
+        Returns the job as stored (version = expected_version + 1). Raises
+        ConflictError if another writer got there first, NotFound if gone.
+        """
+
+    @abc.abstractmethod
+    def list_jobs(self, state: JobState | None = None, limit: int = 50,
+                  cursor: str | None = None) -> tuple[list[Job], str | None]:
+        """Jobs newest first, optionally of one state; returns (page, next cursor or None)."""
+
+    @abc.abstractmethod
+    def count_jobs(self, states: frozenset[JobState]) -> int:
+        """How many jobs are in any of `states`."""
+
+    @abc.abstractmethod
+    def put_node(self, node: Node) -> None:
+        """Create or replace an encoder's report."""
+
+    @abc.abstractmethod
+    def list_nodes(self) -> list[Node]:
+        """Every encoder report."""
+
+    @abc.abstractmethod
+    def delete_node(self, node_id: str) -> None:
+        """Forget an encoder; no error if it is unknown."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class Queue(abc.ABC):
+    """At-least-once queue with SQS semantics.
+
+    A received message is hidden for its visibility timeout, then delivered
+    again unless deleted. Each delivery counts; past the queue's dead-letter
+    limit a message is moved aside and not delivered again.
+    """
+
+    @abc.abstractmethod
+    def send(self, body: str) -> str:
+        """Enqueue `body`; returns the message id."""
+
+    @abc.abstractmethod
+    def receive(self, max_messages: int = 1, wait_s: float = 0.0,
+                visibility_timeout_s: float | None = None) -> list[Message]:
+        """Return up to `max_messages` visible messages, hiding each for the timeout.
+
+        With `wait_s` > 0, waits at most that long and returns as soon as a
+        message is available; returns [] when none came.
+        """
+
+    @abc.abstractmethod
+    def delete(self, receipt: str) -> None:
+        """Remove a received message for good. A stale receipt is ignored."""
+
+    @abc.abstractmethod
+    def extend(self, receipt: str, visibility_timeout_s: float) -> None:
+        """Hide the message for `visibility_timeout_s` more seconds from now."""
+
+    def release(self, receipt: str) -> None:
+        """Make the message visible again at once."""
+        self.extend(receipt, 0)
+
+    @abc.abstractmethod
+    def counts(self) -> tuple[int, int]:
+        """(visible, in flight) message counts; approximate on SQS."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """An encoder machine or slot as the fleet sees it.
+
+    state: "pending" (launched, not yet working), "running", "stopping" or "stopped".
+    """
+
+    id: str
+    state: str
+    launched_at: datetime | None
+
+
+class Fleet(abc.ABC):
+    """The encoder machines: supervisord slots locally, EC2 instances on AWS."""
+
+    @abc.abstractmethod
+    def list_encoders(self) -> list[Encoder]:
+        """Every encoder the fleet knows, in any state."""
+
+    @abc.abstractmethod
+    def launch(self, count: int) -> list[str]:
+        """Start up to `count` encoders; returns the ids started."""
+
+    @abc.abstractmethod
+    def stop(self, encoder_ids: list[str]) -> None:
+        """Stop these encoders (they finish or release their jobs first)."""
+
+
+class Storage(abc.ABC):
+    """Reads sources and writes destinations for the URI schemes it serves."""
+
+    schemes: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def download(self, uri: str, local_path: str, max_bytes: int) -> int:
+        """Copy `uri` to `local_path`; returns bytes written.
+
+        Raises StorageError with the reason (missing, too large, refused).
+        """
+
+    @abc.abstractmethod
+    def upload(self, local_path: str, uri: str) -> None:
+        """Copy `local_path` to `uri`. Raises StorageError when not writable."""
+
+    def check_source(self, uri: str) -> None:
+        """Raise ValidationError if `uri` can never be read (bad form). Cheap; no I/O."""
+
+    def check_destination(self, uri: str) -> None:
+        """Raise ValidationError if `uri` can never be written (bad form). Cheap; no I/O."""

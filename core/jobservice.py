@@ -1,0 +1,156 @@
+"""The rules of a job's life, written once above the backends.
+
+Every state change is a conditional write on the job's version followed by
+an announcement on the state-change queue, so the scheduler can notify.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from datetime import datetime, timedelta
+
+from core.errors import ConflictError, InvalidTransition, NotFound
+from core.interfaces import JobStore, Queue
+from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, transition,
+                       utcnow)
+
+log = logging.getLogger(__name__)
+
+# How many times a read-modify-write is retried when another writer wins.
+_CONFLICT_RETRIES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class StateChange:
+    """The body of a state-change message."""
+
+    job_id: str
+    state: str
+    state_details: str
+    version: int
+    at: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, body: str) -> "StateChange":
+        return cls(**json.loads(body))
+
+
+class JobService:
+    """Submit, claim, advance, heartbeat, cancel and abandon jobs."""
+
+    def __init__(self, store: JobStore, new_jobs: Queue, state_changes: Queue):
+        self.store = store
+        self.new_jobs = new_jobs
+        self.state_changes = state_changes
+
+    def submit(self, source: str, destination: str, options: dict,
+               notify_url: str | None = None) -> Job:
+        """Store a PENDING job and queue it for an encoder."""
+        job = self.store.create_job(Job(
+            id=new_job_id(), source=source, destination=destination,
+            options=options, notify_url=notify_url))
+        self._announce(job)
+        self.new_jobs.send(job.id)
+        return job
+
+    def claim(self, job_id: str, node_id: str, lease_s: float,
+              now: datetime | None = None) -> Job | None:
+        """Take the job for `node_id` (state DOWNLOADING), or None if not ours to run.
+
+        Two encoders may receive the same message (at-least-once delivery).
+        Both read version v; both try "write DOWNLOADING if version == v";
+        the store lets exactly one through and the other gets ConflictError,
+        so it returns None and never runs the job. An active job is taken
+        over only when its holder's lease has run out.
+        """
+        now = now or utcnow()
+        try:
+            job = self.store.get_job(job_id)
+        except NotFound:
+            log.warning("job %s from the queue is not in the store", job_id)
+            return None
+        if job.state in ACTIVE_STATES and job.lease_expires_at and job.lease_expires_at > now:
+            return None
+        if job.state is not JobState.PENDING and job.state not in ACTIVE_STATES:
+            return None
+        claimed = transition(job, JobState.DOWNLOADING, node=node_id, progress=0,
+                             attempts=job.attempts + 1,
+                             lease_expires_at=now + timedelta(seconds=lease_s))
+        try:
+            stored = self.store.update_job(claimed, job.version)
+        except ConflictError:
+            return None
+        self._announce(stored)
+        return stored
+
+    def advance(self, job: Job, new_state: JobState, details: str = "", **changes) -> Job:
+        """Move a job we hold to `new_state`. Raises ConflictError if it changed
+        under us (cancelled, or taken over), InvalidTransition if not allowed."""
+        stored = self.store.update_job(transition(job, new_state, details, **changes), job.version)
+        self._announce(stored)
+        return stored
+
+    def heartbeat(self, job: Job, lease_s: float, progress: int | None = None) -> Job:
+        """Extend our lease on the job (and record progress). Raises ConflictError
+        if the job changed under us: the caller must stop working on it."""
+        changed = dataclasses.replace(
+            job, updated_at=utcnow(),
+            lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+            progress=job.progress if progress is None else max(0, min(100, progress)))
+        return self.store.update_job(changed, job.version)
+
+    def fail(self, job_id: str, reason: str) -> Job | None:
+        """Put a job in ERROR whoever holds it, unless it has already ended."""
+        return self._force(job_id, JobState.ERROR, reason)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job that has not ended. Raises NotFound, or InvalidTransition
+        if it is already FINISHED, ERROR, ABANDONED or CANCELLED."""
+        job = self._force(job_id, JobState.CANCELLED, "cancelled by request", strict=True)
+        assert job is not None
+        return job
+
+    def abandon_stale(self, older_than_s: float, now: datetime | None = None) -> list[Job]:
+        """Mark ABANDONED the active jobs not updated for `older_than_s` seconds."""
+        cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
+        abandoned = []
+        for state in sorted(ACTIVE_STATES):
+            cursor = None
+            while True:
+                page, cursor = self.store.list_jobs(state=state, limit=100, cursor=cursor)
+                for job in page:
+                    if job.updated_at < cutoff:
+                        done = self._force(job.id, JobState.ABANDONED,
+                                           f"no update for {older_than_s:.0f} s", stale_before=cutoff)
+                        if done is not None:
+                            abandoned.append(done)
+                if cursor is None:
+                    break
+        return abandoned
+
+    def _force(self, job_id: str, new_state: JobState, details: str,
+               strict: bool = False, stale_before: datetime | None = None) -> Job | None:
+        for _ in range(_CONFLICT_RETRIES):
+            job = self.store.get_job(job_id)
+            if job.is_terminal:
+                if strict:
+                    raise InvalidTransition(f"job {job_id} has already ended ({job.state})")
+                return None
+            if stale_before is not None and job.updated_at >= stale_before:
+                return None
+            try:
+                stored = self.store.update_job(transition(job, new_state, details), job.version)
+            except ConflictError:
+                continue
+            self._announce(stored)
+            return stored
+        raise ConflictError(f"job {job_id} kept changing; gave up moving it to {new_state}")
+
+    def _announce(self, job: Job) -> None:
+        self.state_changes.send(StateChange(
+            job_id=job.id, state=job.state.value, state_details=job.state_details,
+            version=job.version, at=job.updated_at.isoformat()).to_json())

@@ -1,0 +1,225 @@
+"""Settings: defaults, then a nomconf.toml, then NOMMER_* environment variables.
+
+Every default lives here. Names follow the original media-nommer's settings,
+lower-cased, where they still mean the same (`max_num_ec2_instances` is the
+most encoders the scaler runs, on EC2 or as local supervisord slots). The
+environment is read once, by `load`, at start-up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+from core.errors import ConfigError
+
+ENV_PREFIX = "NOMMER_"
+CONFIG_ENV = "NOMMER_CONFIG"
+# Variables of the launcher and supervisord.conf that are not settings.
+LAUNCHER_ENV = frozenset({"NOMMER_CONFIG", "NOMMER_PYTHON", "NOMMER_RUN_DIR"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Which implementations of the seams to use: "local" (SQLite, supervisord)
+    # or "aws" (SimpleDB/DynamoDB, SQS, EC2, S3).
+    backend: str = "local"
+    # Local state: the SQLite database, encoder temp dirs, sample clips.
+    data_dir: str = "var"
+
+    # --- API ---
+    api_host: str = "127.0.0.1"
+    api_port: int = 8001
+    # Required when api_host is not a loopback address: clients send it as
+    # "Authorization: Bearer <token>".
+    api_token: str = ""
+    api_threads: int = 8
+    max_request_bytes: int = 65536
+
+    # --- queues (names as the original) ---
+    sqs_new_job_queue_name: str = "media_nommer"
+    sqs_job_state_change_queue_name: str = "media_nommer_jstate"
+    # How long a received message stays hidden; encoders extend it while working.
+    visibility_timeout_s: int = 60
+    # A job whose message has been received this many times ends in ERROR
+    # instead of being tried again.
+    max_receives: int = 5
+    queue_wait_s: int = 20
+    # How often the embedded queue looks for new messages during a long poll.
+    local_queue_poll_ms: int = 25
+
+    # --- job store (names as the original) ---
+    simpledb_job_state_domain: str = "media_nommer"
+    simpledb_ec2_nommer_state_domain: str = "media_nommer_ec2nommer_state"
+
+    # --- encoders ---
+    # Jobs one encoder runs at a time.
+    max_encoding_jobs_per_ec2_instance: int = 1
+    # An encoder with no work for this long stops itself (the original: 600 s).
+    nommerd_max_inactivity: int = 600
+    nommerd_terminate_when_idle: bool = True
+    # How often a working encoder heartbeats its jobs and extends their messages.
+    nommerd_heartbeat_interval_s: int = 10
+    # A job not heartbeated for this long may be taken over by another encoder.
+    job_lease_s: int = 60
+    # ffmpeg binary; empty means the one the imageio-ffmpeg package ships.
+    ffmpeg_path: str = ""
+    # Progress is written to the store at most this often.
+    progress_interval_ms: int = 1000
+    # Largest source that will be downloaded (bytes).
+    max_source_bytes: int = 20 * 1024**3
+
+    # --- scheduler ---
+    # Active jobs not updated for this long become ABANDONED (seconds).
+    feederd_abandon_inactive_jobs_thresh: int = 3600
+    feederd_prune_interval_s: int = 60
+    notify_timeout_s: float = 10.0
+    # A failing notification is retried with backoff for at most this long.
+    notify_retry_for_s: float = 300.0
+
+    # --- scaler ---
+    feederd_allow_ec2_launches: bool = True
+    feederd_auto_scale_interval: float = 5.0
+    # "original": the 2011 rule; "predictive": latency- and cost-aware.
+    scaling_policy: str = "original"
+    min_encoders: int = 0
+    max_num_ec2_instances: int = 3
+    job_overflow_thresh: int = 2
+    # How long a new encoder takes from launch to work (seconds).
+    boot_time_estimate_s: float = 60.0
+    # Acceptable wait for a queued job (seconds), for the predictive policy.
+    acceptable_wait_s: float = 60.0
+    # An idle encoder is stopped by the predictive policy after this long.
+    scale_in_idle_s: float = 120.0
+    scale_cooldown_s: float = 30.0
+
+    # --- local fleet (supervisord) ---
+    supervisor_url: str = ""
+    supervisor_program: str = "nommerd"
+
+    # --- AWS ---
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str = ""
+    aws_store: str = "simpledb"
+    ec2_instance_type: str = "m1.large"
+    ec2_security_groups: tuple = ("media_nommer",)
+    ec2_key_name: str = ""
+    ec2_ami_id: str = ""
+    ec2_subnet_id: str = ""
+    ec2_instance_profile: str = ""
+    ec2_spot: bool = False
+    cluster_name: str = "media-nommer"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_path / "nommer.sqlite3"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+_CHOICES = {
+    "backend": {"local", "aws"},
+    "scaling_policy": {"original", "predictive"},
+    "aws_store": {"simpledb", "dynamodb"},
+}
+
+
+def _coerce(key: str, value, expected_type: type):
+    """Convert `value` (from TOML or an environment string) to the field's type."""
+    from_env = isinstance(value, str) and expected_type is not str
+    try:
+        if expected_type is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and value.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if from_env and value.strip().lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if expected_type is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int) or from_env:
+                return int(value)
+            raise ValueError
+        if expected_type is float:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, (int, float)) or from_env:
+                return float(value)
+            raise ValueError
+        if expected_type is tuple:
+            if from_env:
+                return tuple(item.strip() for item in value.split(",") if item.strip())
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError
+        if isinstance(value, str):
+            return value
+        raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"setting {key!r}: expected {expected_type.__name__}, got {value!r}"
+        ) from None
+
+
+def _validate(settings: Settings) -> None:
+    for key, choices in _CHOICES.items():
+        if getattr(settings, key) not in choices:
+            raise ConfigError(
+                f"setting {key!r}: {getattr(settings, key)!r} is not one of {sorted(choices)}"
+            )
+    positive = ("api_port", "visibility_timeout_s", "max_receives", "job_lease_s",
+                "max_encoding_jobs_per_ec2_instance", "nommerd_heartbeat_interval_s",
+                "feederd_auto_scale_interval", "local_queue_poll_ms")
+    for key in positive:
+        if getattr(settings, key) <= 0:
+            raise ConfigError(f"setting {key!r}: must be greater than zero")
+    if settings.min_encoders > settings.max_num_ec2_instances:
+        raise ConfigError("setting 'min_encoders': larger than 'max_num_ec2_instances'")
+    if settings.job_lease_s <= settings.nommerd_heartbeat_interval_s:
+        raise ConfigError("setting 'job_lease_s': must be longer than nommerd_heartbeat_interval_s")
+
+
+def _type_of(key: str) -> type:
+    annotation = _FIELDS[key].type
+    return {"str": str, "int": int, "float": float, "bool": bool, "tuple": tuple}[annotation]
+
+
+def load(config_path: str | os.PathLike | None = None,
+         environ: dict[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, the TOML file, then NOMMER_* variables.
+
+    The file is `config_path`, else $NOMMER_CONFIG, else none. Raises
+    ConfigError naming the bad key for unknown keys, wrong types or values.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    values: dict = {}
+    path = config_path or environ.get(CONFIG_ENV)
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                document = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, value in document.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value, _type_of(key))
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in LAUNCHER_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in _FIELDS:
+            raise ConfigError(f"environment variable {name}: unknown setting {key!r}")
+        values[key] = _coerce(key, value, _type_of(key))
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
