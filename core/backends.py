@@ -13,6 +13,9 @@ from core.jobservice import JobService
 from core.settings import Settings
 
 
+STATE_CHANGE_MAX_RECEIVES = 1000
+
+
 @dataclasses.dataclass
 class Backends:
     store: JobStore
@@ -43,9 +46,11 @@ def open_backends(settings: Settings) -> Backends:
                                  visibility_timeout_s=settings.visibility_timeout_s,
                                  dead_letter_after=settings.max_receives + 1,
                                  poll_interval_s=settings.local_queue_poll_ms / 1000),
+            # State changes are redelivered on purpose while a notification
+            # is retried with backoff, so they are not dead-lettered early.
             state_changes=SQLiteQueue(path, settings.sqs_job_state_change_queue_name,
                                       visibility_timeout_s=settings.visibility_timeout_s,
-                                      dead_letter_after=settings.max_receives + 1,
+                                      dead_letter_after=STATE_CHANGE_MAX_RECEIVES,
                                       poll_interval_s=settings.local_queue_poll_ms / 1000),
             settings=settings,
         )

@@ -28,6 +28,10 @@ class Settings:
     # Local state: the SQLite database, encoder temp dirs, sample clips.
     data_dir: str = "var"
 
+    # Folders that file:// sources and destinations may name. Empty means
+    # "<data_dir>/media" only: API clients must not read or write anywhere else.
+    file_roots: tuple = ()
+
     # --- API ---
     api_host: str = "127.0.0.1"
     api_port: int = 8001
@@ -118,6 +122,12 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.data_path / "nommer.sqlite3"
+
+    @property
+    def file_root_paths(self) -> tuple[Path, ...]:
+        """The resolved folders file:// URIs may name."""
+        roots = self.file_roots or (str(self.data_path / "media"),)
+        return tuple(Path(root).resolve() for root in roots)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
