@@ -49,12 +49,17 @@ class JobService:
 
     def submit(self, source: str, destination: str, options: dict,
                notify_url: str | None = None) -> Job:
-        """Store a PENDING job and queue it for an encoder."""
+        """Store a PENDING job and queue it for an encoder.
+
+        The job is queued before it is announced: a failure to queue raises
+        here, so the API answers an error instead of accepting a job that no
+        encoder will ever see.
+        """
         job = self.store.create_job(Job(
             id=new_job_id(), source=source, destination=destination,
             options=options, notify_url=notify_url))
-        self._announce(job)
         self.new_jobs.send(job.id)
+        self._announce(job)
         return job
 
     def claim(self, job_id: str, node_id: str, lease_s: float,

@@ -139,9 +139,9 @@ _CHOICES = {
 }
 
 
-def _coerce(key: str, value, expected_type: type):
-    """Convert `value` (from TOML or an environment string) to the field's type."""
-    from_env = isinstance(value, str) and expected_type is not str
+def _coerce(key: str, value, expected_type: type, from_env: bool = False):
+    """Convert `value` (from TOML, or an environment string) to the field's type."""
+    from_env = from_env and isinstance(value, str) and expected_type is not str
     try:
         if expected_type is bool:
             if isinstance(value, bool):
@@ -229,7 +229,7 @@ def load(config_path: str | os.PathLike | None = None,
         key = name[len(ENV_PREFIX):].lower()
         if key not in _FIELDS:
             raise ConfigError(f"environment variable {name}: unknown setting {key!r}")
-        values[key] = _coerce(key, value, _type_of(key))
+        values[key] = _coerce(key, value, _type_of(key), from_env=True)
     settings = Settings(**values)
     _validate(settings)
     return settings

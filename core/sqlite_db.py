@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 from core.errors import BackendError
@@ -35,6 +36,10 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise BackendError(f"{what}: {exc}") from exc
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the base class cannot)."""
 
 
 class SQLiteDatabase:
@@ -53,7 +58,10 @@ class SQLiteDatabase:
         self._schema = list(schema)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
+        # Weak, so the connection of a thread that has ended is closed when
+        # its thread-local slot goes, not kept open until close().
+        self._all: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
+        self._inherited: list = []
         self._pid = os.getpid()
         self._closed = False
         with translate_errors(f"opening {path}"):
@@ -70,7 +78,7 @@ class SQLiteDatabase:
             conn = self._open()
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                self._all.add(conn)
         return conn
 
     @contextlib.contextmanager
@@ -84,17 +92,18 @@ class SQLiteDatabase:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
             conn.commit()
+        except BaseException:
+            # Never leave a transaction open: the thread's next BEGIN would fail.
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            raise
 
     def close(self) -> None:
         """Close every thread's connection; later use raises BackendError."""
         with self._lock:
             self._closed = True
-            conns, self._all = self._all, []
+            conns, self._all = list(self._all), weakref.WeakSet()
         if os.getpid() != self._pid:
             return  # inherited from the parent: theirs to close
         for conn in conns:
@@ -105,7 +114,8 @@ class SQLiteDatabase:
         # check_same_thread=False only so close() may close other threads'
         # connections; each connection is still used by its own thread alone.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
-                               isolation_level=None, check_same_thread=False)
+                               isolation_level=None, check_same_thread=False,
+                               factory=_Connection)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         self._enable_wal(conn)
         return conn
@@ -132,9 +142,11 @@ class SQLiteDatabase:
                 conn.execute(statement)
 
     def _forget_inherited(self) -> None:
-        # Drop (without closing) the parent's connections: closing them here
-        # could release locks the parent still holds.
-        self._local = threading.local()
+        # Keep the parent's connections referenced but unused: closing them
+        # here, even through garbage collection, could disturb the WAL files
+        # the parent is still using.
         with self._lock:
-            self._all = []
+            self._inherited.append((self._local, list(self._all)))
+            self._all = weakref.WeakSet()
+        self._local = threading.local()
         self._pid = os.getpid()

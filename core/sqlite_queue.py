@@ -74,8 +74,11 @@ class SQLiteQueue(Queue):
 
     def receive(self, max_messages: int = 1, wait_s: float = 0.0,
                 visibility_timeout_s: float | None = None) -> list[Message]:
-        """Up to `max_messages` visible messages, oldest first, each hidden for
+        """Up to `max_messages` visible messages, each hidden for
         `visibility_timeout_s` (default: the queue's) under a fresh receipt.
+
+        Messages come in the order they became visible: send order for
+        messages never received, behind them those whose timeout ran out.
 
         With `wait_s` > 0, polls every poll_interval_s and returns as soon as
         something was received; returns [] when `wait_s` seconds pass first.
