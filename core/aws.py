@@ -1,0 +1,71 @@
+"""boto3 clients for the AWS backends, and the boundary where botocore's
+errors become the project's own.
+
+Credentials come only from boto3's standard chain (environment, shared
+config, the instance profile): never from settings, URIs or user data.
+Throttling and 5xx answers are retried by botocore's "standard" retry mode
+with bounded backoff; what still fails reaches the caller as BackendError.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from core.errors import BackendError, ConflictError, NotFound
+from core.settings import Settings
+
+# Retries for throttling, 5xx and connection errors, with botocore's
+# exponential backoff and jitter; bounded so a dead service surfaces.
+RETRY_MAX_ATTEMPTS = 8
+
+_NOT_FOUND_CODES = frozenset({
+    "NoSuchDomain", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
+    "NoSuchKey", "NoSuchBucket", "404", "ResourceNotFoundException",
+    "InvalidInstanceID.NotFound", "AttributeDoesNotExist",
+})
+_CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "ConditionalCheckFailedException"})
+
+
+def client(settings: Settings, service: str, *, max_attempts: int = RETRY_MAX_ATTEMPTS,
+           connect_timeout_s: float = 5, read_timeout_s: float = 30):
+    """A boto3 client for `service` in settings.aws_region (at aws_endpoint_url if set)."""
+    config = botocore.config.Config(
+        region_name=settings.aws_region,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+    )
+    return boto3.session.Session().client(
+        service, endpoint_url=settings.aws_endpoint_url or None, config=config)
+
+
+def error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextlib.contextmanager
+def aws_errors(what: str):
+    """Translate botocore errors raised inside the block into core.errors types.
+
+    ConditionalCheckFailed -> ConflictError; not-found codes -> NotFound;
+    anything else (throttling after retries, 5xx, no connection, no
+    credentials) -> BackendError. `what` names the operation in the message.
+    """
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in _CONFLICT_CODES:
+            raise ConflictError(f"{what}: {code}") from None
+        if code in _NOT_FOUND_CODES:
+            raise NotFound(f"{what}: {code} {message}".strip()) from None
+        raise BackendError(f"{what}: {code} {message}".strip()) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise BackendError(f"{what}: no AWS credentials (use an instance profile, "
+                           "environment variables or ~/.aws/credentials)") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise BackendError(f"{what}: {exc}") from None
