@@ -1,0 +1,384 @@
+"""The feeder's scheduler: state changes -> notifications; stale jobs -> ABANDONED.
+
+The loop is a checklist, run until SIGTERM or SIGINT:
+
+    settle finished sends -> start each job's next notification
+    -> abandon stale jobs when due -> receive state changes -> start again
+
+A state change stays in the queue until its notification is settled
+(delivered, not wanted, or given up), so a crash loses nothing: the message
+comes back after its visibility timeout and is sent again (at least once).
+A failed send is retried by hiding its message for a growing delay (1, 2,
+4, ... 60 s) until settings.notify_retry_for_s has passed since the change.
+
+Order per job: one job's changes are sent one at a time, lowest version
+first. While a change waits for its retry, the job's later changes are
+hidden until after it, so they do not overtake it. Only this process knows
+that, so across a restart the order is kept as far as the queue allows.
+
+All store and queue calls are made by the thread running the loop; the
+pool's threads only send HTTP, so a slow receiver holds up no one else.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+
+from core.backends import Backends, open_backends
+from core.errors import BackendError, ConflictError, NommerError, NotFound
+from core.interfaces import Message
+from core.jobs import utcnow
+from core.jobservice import StateChange
+from core.settings import Settings, load
+from feeder.notify import NotifyError, describe_url, send_notification
+
+log = logging.getLogger("feeder.scheduler")
+
+BATCH_MAX = 10  # the most SQS hands out per receive
+# Long-poll bound while idle: a stop request is seen within about this long.
+IDLE_WAIT_S = 1.0
+# While sends are in flight the loop waits for them, not the queue, and
+# looks at the queue at least this often.
+BUSY_WAIT_S = 0.2
+SENDER_THREADS = 8
+# Changes kept in memory at once (sending or waiting their turn); the rest
+# stay in the queue, where a crash cannot lose them.
+MAX_HELD = 40
+BACKOFF_CAP_S = 60.0
+# A job's later changes come back this long after its change being retried,
+# so the retry is received first.
+DEFER_MARGIN_S = 0.5
+# If the retried change has not come back this long after it was due (deleted
+# by hand, taken by another scheduler), later changes stop waiting for it.
+RETRY_GRACE_S = 5.0
+BACKEND_BACKOFF_CAP_S = 30.0
+# Pruning lists every active job; never more often than this.
+MIN_PRUNE_INTERVAL_S = 1.0
+_STOP_CHECK_S = 0.2
+
+
+@dataclasses.dataclass
+class _Held:
+    """A received state change this process is working on."""
+
+    message_id: str
+    receipt: str  # of the newest delivery: only it deletes or hides the message
+    receive_count: int
+    change: StateChange
+    changed_at: datetime
+
+
+@dataclasses.dataclass
+class _Sending:
+    held: _Held
+    url: str
+    future: concurrent.futures.Future
+
+
+@dataclasses.dataclass(frozen=True)
+class _Retry:
+    """A job whose change `message_id` is hidden until `due` (time.monotonic s)."""
+
+    message_id: str
+    due: float
+
+
+def parse_change(body: str) -> tuple[StateChange, datetime]:
+    """The change in a message body and its time (aware, UTC). Raises ValueError."""
+    try:
+        change = StateChange.from_json(body)
+    except TypeError as exc:  # not an object, or other keys than a StateChange's
+        raise ValueError(f"not a state change: {exc}") from None
+    texts = (change.job_id, change.state, change.state_details, change.at)
+    if not all(isinstance(value, str) for value in texts) or not change.job_id:
+        raise ValueError("job_id, state, state_details and at must be strings")
+    if not isinstance(change.version, int) or isinstance(change.version, bool):
+        raise ValueError("version must be an integer")
+    changed_at = datetime.fromisoformat(change.at)
+    if changed_at.tzinfo is None:
+        changed_at = changed_at.replace(tzinfo=timezone.utc)
+    return change, changed_at
+
+
+def retry_delay_s(receive_count: int, left_s: float) -> float:
+    """Seconds to wait before delivery `receive_count` + 1: 1, 2, 4, ... capped at
+    BACKOFF_CAP_S and at `left_s`, the time left to keep trying."""
+    exponent = min(max(receive_count - 1, 0), 16)
+    return max(0.0, min(2.0 ** exponent, BACKOFF_CAP_S, left_s))
+
+
+class Scheduler:
+    """Sends a notification for every state change and abandons stale jobs.
+
+    `run()` works until `request_stop()`. Store and queue failures
+    (BackendError) are logged and backed off; the loop keeps running.
+    """
+
+    def __init__(self, backends: Backends, settings: Settings):
+        self._store = backends.store
+        self._queue = backends.state_changes
+        self._jobs = backends.jobs
+        self._settings = settings
+        self._stopping = False
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._held: dict[str, _Held] = {}           # by message id
+        self._waiting: dict[str, list[_Held]] = {}  # by job id, lowest version first
+        self._sending: dict[str, _Sending] = {}     # by job id, at most one each
+        self._retrying: dict[str, _Retry] = {}      # by job id
+        self._next_prune_at = 0.0  # time.monotonic(); 0 prunes at start
+        self._backend_backoff_s = 1.0
+
+    def request_stop(self) -> None:
+        """Ask the loop to end. Only sets a flag, so a signal handler may call it."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Work until request_stop(); then finish the sends in flight and return."""
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            SENDER_THREADS, thread_name_prefix="notify")
+        try:
+            while not self._stopping:
+                self.step()
+        finally:
+            self._wind_down()
+
+    def step(self) -> None:
+        """One pass of the checklist (waits at most about IDLE_WAIT_S)."""
+        try:
+            self._settle_finished()
+            self._start_ready()
+            self._prune_if_due()
+            self._receive()
+            self._start_ready()
+        except BackendError as exc:
+            log.warning("backend failed: %s; trying again in %.0f s",
+                        exc, self._backend_backoff_s)
+            self._sleep(self._backend_backoff_s)
+            self._backend_backoff_s = min(self._backend_backoff_s * 2, BACKEND_BACKOFF_CAP_S)
+        else:
+            self._backend_backoff_s = 1.0
+
+    # --- receive ---
+
+    def _receive(self) -> None:
+        """Take new changes; while sends are in flight, wait for those instead,
+        so a job's next change goes out as soon as the one before is settled."""
+        wait_s = IDLE_WAIT_S
+        if self._sending:
+            concurrent.futures.wait(
+                [s.future for s in self._sending.values()], timeout=BUSY_WAIT_S,
+                return_when=concurrent.futures.FIRST_COMPLETED)
+            wait_s = 0.0
+        room = MAX_HELD - len(self._held)
+        if room <= 0:
+            return
+        for message in self._queue.receive(max_messages=min(BATCH_MAX, room), wait_s=wait_s):
+            self._accept(message)
+
+    def _accept(self, message: Message) -> None:
+        known = self._held.get(message.id)
+        if known is not None:
+            # Delivered again while still here (its visibility ran out):
+            # only the newest receipt can delete or hide it.
+            known.receipt, known.receive_count = message.receipt, message.receive_count
+            return
+        try:
+            change, changed_at = parse_change(message.body)
+        except ValueError as exc:
+            log.error("message %s is not a state change (%s); deleted", message.id, exc)
+            self._delete(message.receipt)
+            return
+        held = _Held(message.id, message.receipt, message.receive_count, change, changed_at)
+        if self._defer_behind_retry(held):
+            return
+        self._held[held.message_id] = held
+        lane = self._waiting.setdefault(change.job_id, [])
+        lane.append(held)
+        lane.sort(key=lambda h: h.change.version)
+
+    def _defer_behind_retry(self, held: _Held) -> bool:
+        """Hide `held` until after its job's change that waits for a retry, if any."""
+        job_id = held.change.job_id
+        retry = self._retrying.get(job_id)
+        if retry is None:
+            return False
+        now = time.monotonic()
+        if retry.message_id == held.message_id or now > retry.due + RETRY_GRACE_S:
+            del self._retrying[job_id]
+            return False
+        self._hide(held.receipt, max(0.0, retry.due - now) + DEFER_MARGIN_S)
+        return True
+
+    # --- send ---
+
+    def _start_ready(self) -> None:
+        for job_id in list(self._waiting):
+            if job_id not in self._sending:
+                self._start_next(job_id)
+
+    def _start_next(self, job_id: str) -> None:
+        """Send the job's lowest waiting change; settle at once those that need no send."""
+        lane = self._waiting[job_id]
+        while lane:
+            held = lane[0]
+            try:
+                job = self._store.get_job(job_id)
+            except NotFound:
+                job = None
+            # (BackendError leaves `held` first in line for the next pass.)
+            lane.pop(0)
+            if job is None:
+                log.warning("job %s %s: not in the store; change dropped",
+                            job_id, held.change.state)
+                self._done(held)
+            elif not job.notify_url:
+                self._done(held)
+            else:
+                future = self._pool.submit(
+                    send_notification, job.notify_url, job_id, held.change.state,
+                    held.change.state_details, self._settings.notify_timeout_s)
+                self._sending[job_id] = _Sending(held, job.notify_url, future)
+                break
+        if not lane:
+            del self._waiting[job_id]
+
+    # --- settle ---
+
+    def _settle_finished(self) -> None:
+        for job_id, sending in list(self._sending.items()):
+            if sending.future.done():
+                del self._sending[job_id]
+                self._settle(sending)
+
+    def _settle(self, sending: _Sending) -> None:
+        try:
+            sending.future.result()
+        except NotifyError as exc:
+            self._after_failure(sending.held, sending.url, exc)
+        else:
+            self._done(sending.held)
+
+    def _after_failure(self, held: _Held, url: str, exc: NotifyError) -> None:
+        change = held.change
+        age_s = (utcnow() - held.changed_at).total_seconds()
+        left_s = self._settings.notify_retry_for_s - age_s
+        if not exc.retryable or left_s <= 0:
+            log.warning("job %s %s: notification to %s given up after %.0f s: %s",
+                        change.job_id, change.state, describe_url(url), age_s, exc)
+            self._done(held)
+            return
+        delay_s = retry_delay_s(held.receive_count, left_s)
+        log.warning("job %s %s: notification to %s failed: %s; retrying in %.1f s",
+                    change.job_id, change.state, describe_url(url), exc, delay_s)
+        self._forget(held)
+        self._hide(held.receipt, delay_s)
+        self._retrying[change.job_id] = _Retry(held.message_id, time.monotonic() + delay_s)
+        for later in self._waiting.pop(change.job_id, []):
+            self._forget(later)
+            self._hide(later.receipt, delay_s + DEFER_MARGIN_S)
+
+    def _done(self, held: _Held) -> None:
+        self._forget(held)
+        self._delete(held.receipt)
+
+    def _forget(self, held: _Held) -> None:
+        self._held.pop(held.message_id, None)
+
+    def _delete(self, receipt: str) -> None:
+        try:
+            self._queue.delete(receipt)
+        except BackendError as exc:
+            # The message comes back after its visibility timeout: one more
+            # notification, never a lost one.
+            log.warning("could not delete a settled state change (%s); it will come again", exc)
+
+    def _hide(self, receipt: str, delay_s: float) -> None:
+        try:
+            self._queue.extend(receipt, delay_s)
+        except NotFound:
+            pass  # delivered again meanwhile: the newer delivery decides
+        except BackendError as exc:
+            log.warning("could not delay a state change (%s); it comes back at its "
+                        "visibility timeout", exc)
+
+    # --- prune ---
+
+    def _prune_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune_at:
+            return
+        self._next_prune_at = now + max(self._settings.feederd_prune_interval_s,
+                                        MIN_PRUNE_INTERVAL_S)
+        thresh_s = self._settings.feederd_abandon_inactive_jobs_thresh
+        try:
+            abandoned = self._jobs.abandon_stale(thresh_s)
+        except ConflictError as exc:
+            log.warning("abandoning stale jobs: %s", exc)
+            return
+        for job in abandoned:
+            log.info("job %s ABANDONED: no update for %d s", job.id, thresh_s)
+
+    # --- stop ---
+
+    def _wind_down(self) -> None:
+        """Finish the sends in flight; put changes not yet sent back in the queue."""
+        try:
+            # Each send ends by its own timeout; the margin covers the settling.
+            concurrent.futures.wait([s.future for s in self._sending.values()],
+                                    timeout=self._settings.notify_timeout_s + 1)
+            self._settle_finished()
+            for lane in self._waiting.values():
+                for held in lane:
+                    self._hide(held.receipt, 0)
+            self._waiting.clear()
+            self._held.clear()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(_STOP_CHECK_S, max(0.0, deadline - time.monotonic())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scheduler until SIGTERM or SIGINT. Returns 0, or 2 if it cannot start."""
+    parser = argparse.ArgumentParser(
+        prog="nommer-scheduler",
+        description="Send job state notifications and abandon stale jobs.")
+    parser.add_argument("--config", help="TOML settings file (default: $NOMMER_CONFIG)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load(args.config)
+        backends = open_backends(settings)
+    except NommerError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    scheduler = Scheduler(backends, settings)
+
+    def on_signal(signum, frame):
+        scheduler.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info("scheduler started")
+    try:
+        scheduler.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        backends.close()
+    log.info("scheduler stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
