@@ -55,7 +55,10 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def list_jobs(self, state: JobState | None = None, limit: int = 50,
                   cursor: str | None = None) -> tuple[list[Job], str | None]:
-        """Jobs newest first, optionally of one state; returns (page, next cursor or None)."""
+        """Jobs newest first, optionally of one state; returns (page, next cursor or None).
+
+        Raises ValidationError for a cursor this store did not hand out.
+        """
 
     @abc.abstractmethod
     def count_jobs(self, states: frozenset[JobState]) -> int:

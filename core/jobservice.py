@@ -10,7 +10,8 @@ import json
 import logging
 from datetime import datetime, timedelta
 
-from core.errors import ConflictError, InvalidTransition, NotFound
+from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
+                         NotFound)
 from core.interfaces import JobStore, Queue
 from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, transition,
                        utcnow)
@@ -58,7 +59,16 @@ class JobService:
         job = self.store.create_job(Job(
             id=new_job_id(), source=source, destination=destination,
             options=options, notify_url=notify_url))
-        self.new_jobs.send(job.id)
+        try:
+            self.new_jobs.send(job.id)
+        except BackendError:
+            # Best effort: leave no PENDING job behind that nothing will run.
+            try:
+                self.store.update_job(transition(job, JobState.ERROR, "could not be queued"),
+                                      job.version)
+            except NommerError:
+                log.exception("job %s could not be queued nor marked ERROR", job.id)
+            raise
         self._announce(job)
         return job
 
