@@ -43,3 +43,10 @@ class BackendError(NommerError):
 
 class StorageError(NommerError):
     """Reading the source or writing the destination failed. The message says why."""
+
+
+class MediaError(NommerError):
+    """The media could not be read, is not allowed, or ffmpeg failed on it.
+
+    The message is the reason, fit for a job's state details.
+    """

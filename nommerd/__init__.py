@@ -1,0 +1,1 @@
+"""nommerd, the encoder daemon: queue -> claim -> download -> ffmpeg -> upload -> state."""

@@ -1,0 +1,377 @@
+"""One encoder worker: receive -> claim -> download -> encode -> upload -> finish -> ack.
+
+Several workers run as threads of one nommerd. They share a `Control`
+(flags the daemon's main loop sets) and nothing else. While a worker holds
+a job, a `Watchdog` thread keeps the queue message hidden and the job's
+lease alive, and stops ffmpeg when the job changes under us or must be
+given back.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from core.backends import Backends
+from core.errors import BackendError, ConflictError, NommerError, NotFound, StorageError
+from core.interfaces import Message, Storage
+from core.jobs import Job, JobState
+from core.errors import MediaError
+from core.settings import Settings
+from nommerd.ffmpeg import (EncodeCancelled, FFmpegRunner, build_pass_argvs, check_source,
+                            output_name)
+
+log = logging.getLogger(__name__)
+
+# A receive waits at most this long, so a worker sees the stop flag within it.
+RECEIVE_SLICE_S = 1.0
+# How often the watchdog looks at the release flag (seconds).
+WATCHDOG_TICK_S = 0.2
+MAX_BACKOFF_S = 10.0
+
+
+class JobLost(NommerError):
+    """The job changed under us (cancelled, failed or taken over): stop work on it."""
+
+
+class JobReleased(NommerError):
+    """We gave the job back to the queue (the daemon is stopping)."""
+
+
+class Control:
+    """Flags and counters shared by the daemon's threads.
+
+    stopping: take no new work. release_now: give held jobs back at once.
+    `on_change` is called (outside the lock) whenever a job starts or ends.
+    """
+
+    def __init__(self, on_change: Callable[[], None] = lambda: None):
+        self.stopping = threading.Event()
+        self.release_now = threading.Event()
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._active_jobs = 0
+        self._last_busy = time.monotonic()
+
+    @property
+    def active_jobs(self) -> int:
+        return self._active_jobs
+
+    def idle_for_s(self) -> float:
+        """Seconds since the last job ended (or start-up); 0 while any job runs."""
+        with self._lock:
+            return 0.0 if self._active_jobs else time.monotonic() - self._last_busy
+
+    def job_started(self) -> None:
+        with self._lock:
+            self._active_jobs += 1
+        self.on_change()
+
+    def job_ended(self) -> None:
+        with self._lock:
+            self._active_jobs -= 1
+            self._last_busy = time.monotonic()
+        self.on_change()
+
+
+class HeldJob:
+    """The job a worker holds. Every write to it goes through here, one at a
+    time, so the version we write against is always our latest."""
+
+    def __init__(self, backends: Backends, job: Job, lease_s: float):
+        self._jobs = backends.jobs
+        self._lease_s = lease_s
+        self._lock = threading.Lock()
+        self.job = job
+        self.lost = False
+        self.released = False
+
+    def advance(self, state: JobState, details: str = "", **changes) -> Job:
+        """Move the job on. Raises JobLost if it changed under us, JobReleased
+        if we already gave it back."""
+        with self._lock:
+            if self.released:
+                raise JobReleased(f"job {self.job.id} was released")
+            try:
+                self.job = self._jobs.advance(self.job, state, details, **changes)
+            except (ConflictError, NotFound):
+                self.lost = True
+                raise JobLost(f"job {self.job.id} changed while we held it") from None
+            return self.job
+
+    def heartbeat(self, progress: int | None = None) -> bool:
+        """Extend our lease (and record progress). False when the job is no
+        longer ours; a store outage is logged and retried next time."""
+        with self._lock:
+            if self.released or self.lost:
+                return False
+            try:
+                self.job = self._jobs.heartbeat(self.job, self._lease_s, progress)
+            except (ConflictError, NotFound):
+                self.lost = True
+                return False
+            except BackendError as exc:
+                log.warning("job %s: heartbeat failed: %s", self.job.id, exc)
+            return True
+
+    def release(self, node_id: str) -> bool:
+        """Put the job back to PENDING for another encoder. False if it was
+        already released or is no longer ours."""
+        with self._lock:
+            if self.released or self.lost:
+                return False
+            try:
+                self.job = self._jobs.advance(self.job, JobState.PENDING, f"released by {node_id}",
+                                              node=None, lease_expires_at=None, progress=0)
+            except (ConflictError, NotFound):
+                self.lost = True
+                return False
+            self.released = True
+            return True
+
+
+class Watchdog:
+    """While a job is worked on: every `interval_s` extend its message and
+    heartbeat the job; stop ffmpeg when the job is lost or must be released."""
+
+    def __init__(self, held: HeldJob, backends: Backends, receipt: str, runner: FFmpegRunner,
+                 control: Control, settings: Settings):
+        self._held = held
+        self._queue = backends.new_jobs
+        self._receipt = receipt
+        self._runner = runner
+        self._control = control
+        self._interval_s = settings.nommerd_heartbeat_interval_s
+        self._visibility_timeout_s = settings.visibility_timeout_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"watchdog-{held.job.id[:8]}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        next_beat_at = time.monotonic() + self._interval_s
+        while not self._done.wait(WATCHDOG_TICK_S):
+            if self._control.release_now.is_set():
+                self._runner.cancel()
+            if time.monotonic() >= next_beat_at:
+                self._beat()
+                next_beat_at = time.monotonic() + self._interval_s
+
+    def _beat(self) -> None:
+        try:
+            self._queue.extend(self._receipt, self._visibility_timeout_s)
+        except BackendError as exc:
+            log.warning("job %s: extending its message failed: %s", self._held.job.id, exc)
+        if not self._held.heartbeat():
+            self._runner.cancel()
+
+
+class Worker:
+    """One worker thread's loop. `run` returns once `control.stopping` is set
+    and any held job is finished or released."""
+
+    def __init__(self, name: str, backends: Backends, storage: Storage, settings: Settings,
+                 node_id: str, ffmpeg: str, control: Control):
+        self.name = name
+        self.backends = backends
+        self.jobs = backends.jobs
+        self.queue = backends.new_jobs
+        self.storage = storage
+        self.settings = settings
+        self.node_id = node_id
+        self.ffmpeg = ffmpeg
+        self.control = control
+        self.work_root = Path(settings.data_dir).resolve() / "work"
+        self._held: tuple[HeldJob, Message] | None = None
+
+    def run(self) -> None:
+        backoff_s = 0.5
+        while not self.control.stopping.is_set():
+            try:
+                message = self._receive()
+                if message is not None:
+                    self._handle(message)
+                backoff_s = 0.5
+            except BackendError as exc:
+                log.warning("queue or store failed: %s; retrying in %.1f s", exc, backoff_s)
+                self.control.stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+            except Exception:
+                # A bug must not silently take this worker out of the daemon.
+                log.exception("unexpected failure; carrying on in %.1f s", backoff_s)
+                self.control.stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+        log.info("worker stopped")
+
+    def release_held(self) -> None:
+        """Give the held job back now (from another thread, when this one is stuck)."""
+        held = self._held
+        if held is not None:
+            self._release(*held)
+
+    # --- the checklist -------------------------------------------------
+
+    def _receive(self) -> Message | None:
+        wait_s = min(self.settings.queue_wait_s, RECEIVE_SLICE_S)
+        messages = self.queue.receive(max_messages=1, wait_s=wait_s,
+                                      visibility_timeout_s=self.settings.visibility_timeout_s)
+        if not messages:
+            if wait_s < RECEIVE_SLICE_S:  # short polling: do not spin
+                self.control.stopping.wait(RECEIVE_SLICE_S - wait_s)
+            return None
+        return messages[0]
+
+    def _handle(self, message: Message) -> None:
+        if self.control.stopping.is_set():
+            self.queue.release(message.receipt)
+            return
+        if message.receive_count > self.settings.max_receives:
+            self._give_up(message)
+            return
+        held = self._claim(message)
+        if held is None:
+            return
+        self.control.job_started()
+        try:
+            self._work(held, message)
+        finally:
+            self.control.job_ended()
+
+    def _give_up(self, message: Message) -> None:
+        job_id = message.body.strip()
+        reason = (f"gave up after {message.receive_count} deliveries: "
+                  "encoders stopped or died before finishing it each time")
+        try:
+            if self.jobs.fail(job_id, reason) is not None:
+                log.warning("job %s: %s", job_id, reason)
+        except NotFound:
+            log.warning("message for unknown job %s dropped", job_id)
+        self.queue.delete(message.receipt)
+
+    def _claim(self, message: Message) -> HeldJob | None:
+        job_id = message.body.strip()
+        job = self.jobs.claim(job_id, self.node_id, self.settings.job_lease_s)
+        if job is not None:
+            log.info("job %s: claimed (delivery %d)", job_id, message.receive_count)
+            return HeldJob(self.backends, job, self.settings.job_lease_s)
+        try:
+            current = self.backends.store.get_job(job_id)
+        except NotFound:
+            self.queue.delete(message.receipt)
+            return None
+        if current.is_terminal:
+            log.info("job %s: already %s; message dropped", job_id, current.state)
+            self.queue.delete(message.receipt)
+        else:
+            log.info("job %s: held by %s; left for its holder", job_id, current.node)
+        return None
+
+    def _work(self, held: HeldJob, message: Message) -> None:
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        work_dir = tempfile.mkdtemp(prefix=f"{held.job.id}.", dir=self.work_root)
+        runner = FFmpegRunner(self.settings.progress_interval_ms, {work_dir + os.sep: ""})
+        watchdog = Watchdog(held, self.backends, message.receipt, runner, self.control, self.settings)
+        watchdog.start()
+        self._held = (held, message)
+        try:
+            source = os.path.join(work_dir, "source")
+            self._download(held, source)
+            output = self._encode(held, runner, source, work_dir)
+            self._upload(held, output)
+            held.advance(JobState.FINISHED)
+            self.queue.delete(message.receipt)
+            log.info("job %s: FINISHED", held.job.id)
+        except (EncodeCancelled, JobLost, JobReleased):
+            self._interrupted(held, message)
+        except (MediaError, StorageError) as exc:
+            self._fail(held, message, str(exc))
+        except BackendError as exc:
+            # The store or queue is down: the message comes back after its
+            # visibility timeout and the job's lease runs out, so it is retried.
+            log.error("job %s: gave it up for now: %s", held.job.id, exc)
+        except Exception as exc:
+            log.exception("job %s: unexpected failure", held.job.id)
+            self._fail(held, message, str(exc) or type(exc).__name__)
+        finally:
+            self._held = None
+            runner.cancel()
+            watchdog.stop()
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _download(self, held: HeldJob, source: str) -> None:
+        size = self.storage.download(held.job.source, source, self.settings.max_source_bytes)
+        log.info("job %s: downloaded %d bytes", held.job.id, size)
+        self._check_release()
+
+    def _encode(self, held: HeldJob, runner: FFmpegRunner, source: str, work_dir: str) -> str:
+        held.advance(JobState.ENCODING)
+        info = check_source(self.ffmpeg, source)
+        output = os.path.join(work_dir, output_name(held.job.destination))
+        argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output, work_dir)
+
+        def on_progress(percent: int) -> None:
+            if not held.heartbeat(progress=percent):
+                runner.cancel()
+
+        for number, argv in enumerate(argvs):
+            span = (100 * number // len(argvs), 100 * (number + 1) // len(argvs))
+            log.info("job %s: pass %d of %d", held.job.id, number + 1, len(argvs))
+            runner.run(argv, info.duration_s, on_progress, span)
+        self._check_release()
+        return output
+
+    def _upload(self, held: HeldJob, output: str) -> None:
+        held.advance(JobState.UPLOADING)
+        self.storage.upload(output, held.job.destination)
+
+    # --- endings -------------------------------------------------------
+
+    def _check_release(self) -> None:
+        if self.control.release_now.is_set():
+            raise JobReleased("the encoder is stopping")
+
+    def _interrupted(self, held: HeldJob, message: Message) -> None:
+        if held.lost:
+            self._lost(held, message)
+        else:
+            self._release(held, message)
+
+    def _release(self, held: HeldJob, message: Message) -> None:
+        if held.release(self.node_id):
+            self.queue.release(message.receipt)
+            log.info("job %s: released for another encoder", held.job.id)
+        elif held.lost:
+            self._lost(held, message)
+
+    def _lost(self, held: HeldJob, message: Message) -> None:
+        try:
+            current = self.backends.store.get_job(held.job.id)
+        except NotFound:
+            self.queue.delete(message.receipt)
+            return
+        log.info("job %s: changed under us (now %s, node %s); stopped work",
+                 current.id, current.state, current.node)
+        if current.is_terminal:
+            self.queue.delete(message.receipt)
+
+    def _fail(self, held: HeldJob, message: Message, reason: str) -> None:
+        # A bad source or a refused destination fails the same way every
+        # time, so the job ends in ERROR instead of being retried.
+        try:
+            held.advance(JobState.ERROR, reason)
+        except (JobLost, JobReleased):
+            self._interrupted(held, message)
+            return
+        self.queue.delete(message.receipt)
+        log.warning("job %s: ERROR: %s", held.job.id, reason)
