@@ -1,4 +1,6 @@
-"""Build the seams' implementations that the settings choose.
+"""Build the seams' implementations that the settings choose: "local"
+(SQLite store and queues, supervisord fleet) or "aws" (SimpleDB or DynamoDB,
+SQS, EC2).
 
 Imports are inside the builders so the local backend never imports boto3
 and the AWS backend never opens SQLite.
@@ -7,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from core.errors import ConfigError
 from core.interfaces import Fleet, JobStore, Queue
 from core.jobservice import JobService
 from core.settings import Settings
@@ -54,7 +55,20 @@ def open_backends(settings: Settings) -> Backends:
                                       poll_interval_s=settings.local_queue_poll_ms / 1000),
             settings=settings,
         )
-    raise ConfigError(f"setting 'backend': {settings.backend!r} is not available in this build")
+    from core.sqs_queue import SQSQueue
+
+    if settings.aws_store == "dynamodb":
+        from core.dynamodb_store import DynamoDBJobStore as AWSStore
+    else:
+        from core.simpledb_store import SimpleDBJobStore as AWSStore
+    return Backends(
+        store=AWSStore.from_settings(settings),
+        new_jobs=SQSQueue.from_settings(settings, settings.sqs_new_job_queue_name,
+                                        settings.max_receives + 1),
+        state_changes=SQSQueue.from_settings(settings, settings.sqs_job_state_change_queue_name,
+                                             STATE_CHANGE_MAX_RECEIVES),
+        settings=settings,
+    )
 
 
 def open_fleet(settings: Settings) -> Fleet:
@@ -63,4 +77,6 @@ def open_fleet(settings: Settings) -> Fleet:
         from core.supervisor_fleet import SupervisorFleet
 
         return SupervisorFleet(settings.supervisor_url, settings.supervisor_program)
-    raise ConfigError(f"setting 'backend': {settings.backend!r} is not available in this build")
+    from core.ec2_fleet import EC2Fleet
+
+    return EC2Fleet.from_settings(settings)

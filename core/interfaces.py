@@ -103,11 +103,19 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, receipt: str) -> None:
-        """Remove a received message for good. A stale receipt is ignored."""
+        """Remove a received message for good. An unknown receipt is ignored.
+
+        A receipt superseded by a later delivery is ignored by the embedded
+        queue; SQS may still honour it. Nothing may rely on either: the
+        store's conditional claims are what keep duplicate deliveries apart.
+        """
 
     @abc.abstractmethod
     def extend(self, receipt: str, visibility_timeout_s: float) -> None:
-        """Hide the message for `visibility_timeout_s` more seconds from now."""
+        """Hide the message for `visibility_timeout_s` more seconds from now.
+
+        Raises NotFound when the receipt no longer names an undeleted message.
+        """
 
     def release(self, receipt: str) -> None:
         """Make the message visible again at once."""

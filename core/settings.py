@@ -85,18 +85,28 @@ class Settings:
     # --- scaler ---
     feederd_allow_ec2_launches: bool = True
     feederd_auto_scale_interval: float = 5.0
-    # "original": the 2011 rule; "predictive": latency- and cost-aware.
-    scaling_policy: str = "original"
+    # "predictive": latency- and cost-aware (docs/scaling.md); "original":
+    # the 2011 rule, which never scales in.
+    scaling_policy: str = "predictive"
+    # "" (the settings below), "latency" (shorter waits) or "cost" (less money).
+    scaling_preset: str = ""
     min_encoders: int = 0
     max_num_ec2_instances: int = 3
     job_overflow_thresh: int = 2
     # How long a new encoder takes from launch to work (seconds).
     boot_time_estimate_s: float = 60.0
     # Acceptable wait for a queued job (seconds), for the predictive policy.
-    acceptable_wait_s: float = 60.0
+    acceptable_wait_s: float = 0.0
     # An idle encoder is stopped by the predictive policy after this long.
-    scale_in_idle_s: float = 120.0
+    scale_in_idle_s: float = 10.0
     scale_cooldown_s: float = 30.0
+    # The arrival rate is estimated over this window (seconds).
+    scale_arrival_window_s: float = 900.0
+    # Share of jobs arriving during a boot that may find no warm slot (0 < x <= 1).
+    scale_warm_miss_prob: float = 0.5
+    # How encoders are billed: EC2 bills per second with a 60 s minimum.
+    billing_minimum_s: float = 60.0
+    billing_increment_s: float = 1.0
 
     # --- local fleet (supervisord) ---
     supervisor_url: str = ""
@@ -135,6 +145,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _CHOICES = {
     "backend": {"local", "aws"},
     "scaling_policy": {"original", "predictive"},
+    "scaling_preset": {"", "latency", "cost"},
     "aws_store": {"simpledb", "dynamodb"},
 }
 
@@ -192,6 +203,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"setting {key!r}: must be greater than zero")
     if settings.min_encoders > settings.max_num_ec2_instances:
         raise ConfigError("setting 'min_encoders': larger than 'max_num_ec2_instances'")
+    if not 0 < settings.scale_warm_miss_prob <= 1:
+        raise ConfigError("setting 'scale_warm_miss_prob': must be in (0, 1]")
     if settings.job_lease_s <= settings.nommerd_heartbeat_interval_s:
         raise ConfigError("setting 'job_lease_s': must be longer than nommerd_heartbeat_interval_s")
 

@@ -282,5 +282,9 @@ class StorageRouter(Storage):
 
 
 def storage_for(settings: Settings) -> StorageRouter:
-    """The storages this build serves: file:// inside settings.file_root_paths, http(s):// reads."""
-    return StorageRouter([FileStorage(settings.file_root_paths), HttpStorage()])
+    """The storages this build serves: file:// inside settings.file_root_paths,
+    http(s):// reads, and s3:// with credentials from boto3's standard chain."""
+    from core.s3_storage import S3Storage
+
+    return StorageRouter([FileStorage(settings.file_root_paths), HttpStorage(),
+                          S3Storage.from_settings(settings)])

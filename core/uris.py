@@ -138,13 +138,21 @@ def _check_http(parts: urllib.parse.SplitResult, field: str, settings: Settings)
         raise ValidationError(f"{field}: link-local and cloud metadata addresses are refused")
 
 
+def _check_s3(parts: urllib.parse.SplitResult, field: str, settings: Settings) -> None:
+    from core.s3_storage import parse_s3_uri
+
+    parse_s3_uri(parts.geturl(), field)
+
+
 SOURCE_CHECKS: dict[str, Checker] = {
     "file": _check_file,
     "http": _check_http,
     "https": _check_http,
+    "s3": _check_s3,
 }
 DESTINATION_CHECKS: dict[str, Checker] = {
     "file": _check_file,
+    "s3": _check_s3,
 }
 NOTIFY_CHECKS: dict[str, Checker] = {
     "http": _check_http,

@@ -171,7 +171,9 @@ class Watchdog:
     def _beat(self) -> None:
         try:
             self._queue.extend(self._receipt, self._visibility_timeout_s)
-        except BackendError as exc:
+        except (BackendError, NotFound) as exc:
+            # The job's lease in the store, not the message, decides who
+            # works on it: keep heartbeating even when the extend fails.
             log.warning("job %s: extending its message failed: %s", self._held.job.id, exc)
         if not self._held.heartbeat():
             self._runner.cancel()

@@ -77,10 +77,14 @@ def test_stale_receipt_cannot_delete_or_extend_the_new_delivery(queue_factory, b
     _wait_past(backend.short_visibility_s)
     [second] = queue.receive(visibility_timeout_s=30)
 
-    queue.delete(first.receipt)  # ignored: the message was delivered again since
-    assert queue.counts() == (0, 1)
-    with pytest.raises(NotFound):
-        queue.extend(first.receipt, 30)
+    # SQS accepts a superseded receipt ("the request will still succeed, but
+    # the message might not be deleted"), so only stricter queues are held
+    # to ignoring it; nothing in the system relies on either behaviour.
+    if getattr(backend, "ignores_stale_receipts", True):
+        queue.delete(first.receipt)  # ignored: the message was delivered again since
+        assert queue.counts() == (0, 1)
+        with pytest.raises(NotFound):
+            queue.extend(first.receipt, 30)
 
     queue.delete(second.receipt)
     assert queue.counts() == (0, 0)

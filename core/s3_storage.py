@@ -1,0 +1,197 @@
+"""s3://bucket/key sources and destinations on Amazon S3.
+
+The key is everything after the bucket's slash, taken as it is (like the
+AWS CLI: no percent-decoding; '?' and '#' are part of the key). Access
+comes only from boto3's standard credential chain (the instance profile on
+an encoder); a URI that carries credentials, as the original's
+s3://KEY:SECRET@bucket/key did, is refused and never repeated in messages.
+
+What retrying cannot fix (no such key or bucket, access denied, too large)
+is StorageError, which fails the job; S3 unreachable or failing after
+botocore's retries is BackendError, so the job's message comes back later.
+"""
+from __future__ import annotations
+
+import ipaddress
+import mimetypes
+import re
+
+import boto3.s3.transfer
+import botocore.exceptions
+
+from core.aws import aws_errors, error_code
+from core.errors import StorageError, ValidationError
+from core.interfaces import Storage
+from core.settings import Settings
+
+SCHEME = "s3"
+CREDENTIALS_REFUSAL = (
+    "s3:// URIs must not carry credentials (the s3://KEY:SECRET@bucket/key form); "
+    "give the encoders and the feeder an IAM instance profile, or use the standard "
+    "AWS credential chain (environment, ~/.aws/credentials), and write s3://bucket/key")
+
+MULTIPART_THRESHOLD_BYTES = 16 * 1024 * 1024
+MULTIPART_CHUNK_BYTES = 16 * 1024 * 1024
+MAX_KEY_BYTES = 1024
+_CHUNK_BYTES = 1024 * 1024
+
+# Current S3 bucket naming rules (3-63 characters; lowercase letters,
+# digits, dots, hyphens; a letter or digit at each end).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
+
+
+def _refuse(role: str, reason: str) -> ValidationError:
+    return ValidationError(f"{role}: {reason}")
+
+
+def parse_s3_uri(uri: str, role: str = "source") -> tuple[str, str]:
+    """(bucket, key) of an s3://bucket/key URI.
+
+    Raises ValidationError naming `role` for another scheme, embedded
+    credentials (the message does not repeat the URI), a malformed bucket
+    name, an empty key, a key over 1024 UTF-8 bytes or control characters.
+    """
+    if not isinstance(uri, str) or not uri.lower().startswith(f"{SCHEME}://"):
+        raise _refuse(role, "not an s3://bucket/key URI")
+    rest = uri[len(SCHEME) + 3:]
+    bucket, slash, key = rest.partition("/")
+    # '@' and ':' are never part of a bucket name: here they are userinfo
+    # ("KEY:SECRET@bucket"), even when the secret contains a '/'.
+    if "@" in bucket or ":" in bucket:
+        raise _refuse(role, CREDENTIALS_REFUSAL)
+    if not bucket:
+        raise _refuse(role, "an s3:// URI needs a bucket (s3://bucket/key)")
+    if (not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _is_ip_address(bucket)):
+        raise _refuse(role, f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase "
+                            "letters, digits, dots and hyphens)")
+    if not slash or not key:
+        raise _refuse(role, "an s3:// URI needs an object key after the bucket (s3://bucket/key)")
+    if any(ord(char) < 32 or ord(char) == 127 for char in key):
+        raise _refuse(role, "the S3 key contains control characters")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise _refuse(role, f"the S3 key is longer than {MAX_KEY_BYTES} bytes")
+    return bucket, key
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _refusal(exc: botocore.exceptions.ClientError, role: str, uri: str) -> StorageError | None:
+    """The StorageError for an S3 answer that retrying cannot change, else None."""
+    code = error_code(exc)
+    if code in _MISSING_CODES:
+        return StorageError(f"{role} {uri} does not exist")
+    if code == "NoSuchBucket":
+        return StorageError(f"{role} bucket of {uri} does not exist")
+    if code in _DENIED_CODES:
+        return StorageError(f"{role} {uri}: access denied (the instance role needs "
+                            f"{'s3:GetObject' if role == 'source' else 's3:PutObject'} on it)")
+    if code == "InvalidObjectState":
+        return StorageError(f"{role} {uri} is archived; restore it before encoding")
+    return None
+
+
+class S3Storage(Storage):
+    """s3://bucket/key through the boto3 S3 `client`.
+
+    Uploads use boto3's managed transfer: one PUT up to
+    `multipart_threshold_bytes`, a multipart upload of
+    `multipart_chunk_bytes` parts above it (S3 needs parts of 5 MiB or more,
+    boto3 raises smaller chunk sizes to that).
+    """
+
+    schemes = (SCHEME,)
+
+    def __init__(self, client, multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES,
+                 multipart_chunk_bytes: int = MULTIPART_CHUNK_BYTES, max_concurrency: int = 4):
+        self._client = client
+        self._transfer_config = boto3.s3.transfer.TransferConfig(
+            multipart_threshold=multipart_threshold_bytes,
+            multipart_chunksize=multipart_chunk_bytes,
+            max_concurrency=max_concurrency)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "S3Storage":
+        from core.aws import client
+
+        return cls(client(settings, "s3"))
+
+    def check_source(self, uri: str) -> None:
+        parse_s3_uri(uri, "source")
+
+    def check_destination(self, uri: str) -> None:
+        parse_s3_uri(uri, "destination")
+
+    def download(self, uri: str, local_path: str, max_bytes: int) -> int:
+        """Stream the object into `local_path`; returns bytes written.
+
+        Raises StorageError if the URI is refused, the object or bucket does
+        not exist, access is denied, or it holds more than `max_bytes`
+        (checked before and while streaming); BackendError if S3 fails.
+        """
+        bucket, key = self._parsed(uri, "source")
+        with aws_errors(f"reading source {uri}"):
+            try:
+                reply = self._client.get_object(Bucket=bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                raise _refusal(exc, "source", uri) or exc
+            body = reply["Body"]
+            try:
+                if int(reply.get("ContentLength", 0)) > max_bytes:
+                    raise StorageError(f"source {uri} is larger than the limit of {max_bytes} bytes")
+                return self._stream(body, local_path, max_bytes, uri)
+            finally:
+                body.close()
+
+    def upload(self, local_path: str, uri: str) -> None:
+        """Write `local_path` to the object (atomic: readers see the old object
+        or the whole new one). Raises StorageError if the URI is refused, the
+        bucket does not exist, access is denied or the local file cannot be
+        read; BackendError if S3 fails."""
+        bucket, key = self._parsed(uri, "destination")
+        extra = {}
+        content_type, _ = mimetypes.guess_type(key)
+        if content_type:
+            extra["ContentType"] = content_type
+        try:
+            with open(local_path, "rb") as reader, aws_errors(f"writing destination {uri}"):
+                try:
+                    # upload_fileobj, unlike upload_file, lets S3's error code through.
+                    self._client.upload_fileobj(reader, bucket, key, ExtraArgs=extra,
+                                                Config=self._transfer_config)
+                except botocore.exceptions.ClientError as exc:
+                    raise _refusal(exc, "destination", uri) or exc
+        except OSError as exc:
+            raise StorageError(f"uploading to {uri} failed: {exc.strerror or exc}") from None
+
+    def _parsed(self, uri: str, role: str) -> tuple[str, str]:
+        try:
+            return parse_s3_uri(uri, role)
+        except ValidationError as exc:
+            raise StorageError(str(exc)) from None
+
+    @staticmethod
+    def _stream(body, local_path: str, max_bytes: int, uri: str) -> int:
+        total = 0
+        try:
+            with open(local_path, "wb") as writer:
+                for chunk in body.iter_chunks(_CHUNK_BYTES):
+                    total += len(chunk)
+                    # The object may have been replaced by a larger one since
+                    # ContentLength was read, so the limit holds while streaming.
+                    if total > max_bytes:
+                        raise StorageError(
+                            f"source {uri} is larger than the limit of {max_bytes} bytes")
+                    writer.write(chunk)
+        except OSError as exc:
+            raise StorageError(f"writing the download of {uri} failed: "
+                               f"{exc.strerror or exc}") from None
+        return total

@@ -1,0 +1,262 @@
+"""The feeder's scaler: backlog versus capacity -> launch or stop encoders.
+
+    nommer-scaler [--config nomconf.toml]          run the loop
+    nommer-scaler simulate [TRACE.csv ...] [opts]  compare the policies on a trace
+
+Every settings.feederd_auto_scale_interval seconds the loop is a checklist:
+
+    observe (queue counts, unfinished jobs, fleet, node reports, arrivals)
+    -> decide (feeder.policy.decide, the function the simulator runs)
+    -> apply (fleet.launch / fleet.stop) -> log the decision in one line
+
+Store, queue and fleet failures (BackendError) are logged and the loop backs
+off; it never crashes on them. SIGTERM/SIGINT only set a flag, which the
+loop checks at least every STOP_CHECK_S.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+import time
+
+from core.backends import Backends, open_backends, open_fleet
+from core.errors import BackendError, NommerError
+from core.interfaces import Encoder, Fleet, Node
+from core.jobs import UNFINISHED_STATES
+from core.settings import Settings, load
+from feeder.policy import Decision, EncoderView, Observation, PolicySettings, decide
+
+log = logging.getLogger("feeder.scaler")
+
+STOP_CHECK_S = 0.5
+BACKOFF_CAP_S = 60.0
+# Arrivals are read newest first, this many per page, at most this many pages
+# per decision: enough for 2000 jobs in the arrival window.
+ARRIVALS_PAGE = 100
+ARRIVALS_MAX_PAGES = 20
+# A node report written by a process that started this long before the
+# fleet's launch time still counts as the encoder's own (clock skew).
+REPORT_SKEW_S = 5.0
+# An encoder that has not reported after this many boot-time estimates is
+# taken as running and idle, so the predictive policy can stop one that
+# never comes up.
+UNREPORTED_BOOTS = 3
+
+
+@dataclasses.dataclass
+class FleetMemory:
+    """What the loop remembers between decisions (the policy itself is pure).
+
+    idle_since_s: encoder id -> when this process first saw it idle.
+    last_scale_in_s: when it last stopped encoders.
+    """
+
+    idle_since_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_scale_in_s: float | None = None
+
+
+def encoder_view(encoder: Encoder, node: Node | None, memory: FleetMemory,
+                 boot_time_estimate_s: float, now_s: float) -> EncoderView:
+    """How the policy sees one pending or running encoder.
+
+    Busy slots come from the encoder's node report, if that report was
+    written by the process the fleet launched (not a stale one of an earlier
+    run in the same slot). An encoder running without such a report is still
+    booting (EC2 says "running" long before nommerd starts), until
+    UNREPORTED_BOOTS boot-time estimates after launch. Idle-since is when
+    this loop first saw the encoder idle; it is forgotten when it works.
+    """
+    launched_at_s = encoder.launched_at.timestamp() if encoder.launched_at else now_s
+    own_report = (node is not None and node.state != "stopped"
+                  and node.started_at.timestamp() >= launched_at_s - REPORT_SKEW_S)
+    state = encoder.state
+    if state == "running" and not own_report:
+        if now_s - launched_at_s < UNREPORTED_BOOTS * boot_time_estimate_s:
+            state = "pending"
+    busy = node.active_jobs if own_report else 0
+    if state == "running" and busy == 0:
+        idle_since_s = memory.idle_since_s.setdefault(encoder.id, now_s)
+    else:
+        memory.idle_since_s.pop(encoder.id, None)
+        idle_since_s = None
+    return EncoderView(id=encoder.id, state=state, launched_at_s=launched_at_s,
+                       busy_slots=busy, idle_since_s=idle_since_s)
+
+
+def recent_arrivals_s(backends: Backends, now_s: float, window_s: float) -> tuple[float, ...]:
+    """Creation times (epoch s, ascending) of the jobs created in the last `window_s`."""
+    arrivals: list[float] = []
+    cursor = None
+    for _ in range(ARRIVALS_MAX_PAGES):
+        page, cursor = backends.store.list_jobs(limit=ARRIVALS_PAGE, cursor=cursor)
+        for job in page:
+            created_s = job.created_at.timestamp()
+            if created_s <= now_s - window_s:
+                return tuple(sorted(arrivals))
+            arrivals.append(created_s)
+        if cursor is None:
+            break
+    return tuple(sorted(arrivals))
+
+
+class Scaler:
+    """One scaler over a store, a queue and a fleet. Not thread-safe.
+
+    `step(now_s)` runs one observe -> decide -> apply; `run()` repeats it
+    until `request_stop()`, logging a BackendError and backing off instead
+    of raising it.
+    """
+
+    def __init__(self, settings: Settings, backends: Backends, fleet: Fleet,
+                 policy: PolicySettings | None = None):
+        self.settings = settings
+        self.backends = backends
+        self.fleet = fleet
+        self.policy = policy or PolicySettings.from_settings(settings)
+        self.memory = FleetMemory()
+        self._stopping = threading.Event()
+        self._last_logged: tuple | None = None
+
+    def request_stop(self) -> None:
+        """Ask run() to return. Only sets a flag, so a signal handler may call it."""
+        self._stopping.set()
+
+    def observe(self, now_s: float) -> Observation:
+        """Read the backlog and the fleet. Raises BackendError."""
+        queued, in_flight = self.backends.new_jobs.counts()
+        unfinished = self.backends.store.count_jobs(UNFINISHED_STATES)
+        live = [e for e in self.fleet.list_encoders() if e.state in ("pending", "running")]
+        nodes = {node.id: node for node in self.backends.store.list_nodes()}
+        views = tuple(encoder_view(e, nodes.get(e.id), self.memory,
+                                   self.policy.boot_time_estimate_s, now_s) for e in live)
+        for gone in set(self.memory.idle_since_s) - {e.id for e in live}:
+            del self.memory.idle_since_s[gone]
+        arrivals: tuple[float, ...] = ()
+        if self.policy.policy == "predictive":
+            arrivals = recent_arrivals_s(self.backends, now_s, self.policy.arrival_window_s)
+        return Observation(queued=queued, in_flight=in_flight, encoders=views,
+                           arrivals_s=arrivals, unfinished=unfinished,
+                           last_scale_in_s=self.memory.last_scale_in_s)
+
+    def decide(self, obs: Observation, now_s: float) -> Decision:
+        """The policy's decision, without launches when launches are not allowed."""
+        decision = decide(obs, self.policy, now_s)
+        if decision.launch and not self.settings.feederd_allow_ec2_launches:
+            decision = dataclasses.replace(
+                decision, launch=0, reason=decision.reason + "; launches disabled")
+        return decision
+
+    def apply(self, decision: Decision, now_s: float) -> list[str]:
+        """Stop, then launch, as decided; returns the ids launched. Raises BackendError."""
+        if decision.stop:
+            self.fleet.stop(list(decision.stop))
+            self.memory.last_scale_in_s = now_s
+            for encoder_id in decision.stop:
+                self.memory.idle_since_s.pop(encoder_id, None)
+        if decision.launch:
+            return self.fleet.launch(decision.launch)
+        return []
+
+    def step(self, now_s: float | None = None) -> Decision:
+        """One observe -> decide -> apply, logged in one line. Raises BackendError."""
+        now_s = time.time() if now_s is None else now_s
+        obs = self.observe(now_s)
+        decision = self.decide(obs, now_s)
+        launched = self.apply(decision, now_s)
+        booting = sum(1 for e in obs.encoders if e.state == "pending")
+        picture = (obs.queued, obs.in_flight, obs.unfinished_jobs, len(obs.encoders), booting)
+        line = (f"policy={self.policy.policy} queued={obs.queued} in_flight={obs.in_flight} "
+                f"unfinished={obs.unfinished_jobs} encoders={len(obs.encoders)} "
+                f"booting={booting} -> launch={decision.launch} started={len(launched)} "
+                f"stop={list(decision.stop)} ({decision.reason})")
+        # Every decision is logged; the ones that change nothing, in an
+        # unchanged picture, only at DEBUG, so an idle system does not write
+        # a line every interval.
+        acted = bool(decision.launch or decision.stop)
+        level = logging.INFO if acted or picture != self._last_logged else logging.DEBUG
+        self._last_logged = picture
+        log.log(level, "%s", line)
+        return decision
+
+    def run(self) -> None:
+        """Decide every interval until request_stop(); back off on BackendError."""
+        interval_s = self.settings.feederd_auto_scale_interval
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self.step()
+                failures = 0
+                delay_s = interval_s
+            except BackendError as exc:
+                failures += 1
+                delay_s = min(interval_s * 2 ** min(failures, 10), BACKOFF_CAP_S)
+                log.warning("backend failed: %s; trying again in %.0f s", exc, delay_s)
+            self._sleep(delay_s)
+
+    def _sleep(self, seconds: float) -> None:
+        # Short slices: a stop request is seen within STOP_CHECK_S even if a
+        # signal arrives while the wait is in progress.
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stopping.wait(min(left, STOP_CHECK_S))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scaler until SIGTERM or SIGINT, or the simulator (`simulate ...`).
+
+    Returns 0, or 2 if the scaler cannot start (bad settings, no fleet).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["simulate"]:
+        from feeder.simulate import main as simulate_main
+
+        return simulate_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="nommer-scaler",
+        description="Launch and stop encoders as the backlog needs. "
+                    "'nommer-scaler simulate --help' compares the policies on a trace.")
+    parser.add_argument("--config", help="TOML settings file (default: $NOMMER_CONFIG)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load(args.config)
+        policy = PolicySettings.from_settings(settings)
+        backends = open_backends(settings)
+    except (NommerError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    try:
+        fleet = open_fleet(settings)
+    except NommerError as exc:
+        log.error("cannot start: %s", exc)
+        backends.close()
+        return 2
+    scaler = Scaler(settings, backends, fleet, policy)
+
+    def on_signal(signum, frame):
+        scaler.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info("scaler started: policy %s, every %g s, %d-%d encoders",
+             policy.policy, settings.feederd_auto_scale_interval,
+             policy.min_encoders, policy.max_encoders)
+    try:
+        scaler.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        backends.close()
+    log.info("scaler stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
