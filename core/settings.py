@@ -124,6 +124,12 @@ class Settings:
     ec2_instance_profile: str = ""
     ec2_spot: bool = False
     cluster_name: str = "media-nommer"
+    # The instance metadata service (IMDSv2) nommerd asks for its instance id
+    # and for Spot interruption notices; another URL only for tests.
+    imds_url: str = "http://169.254.169.254"
+    # How often nommerd on EC2 looks for a Spot interruption notice (seconds;
+    # AWS gives about two minutes' warning and suggests every 5 s).
+    spot_check_interval_s: float = 5.0
 
     @property
     def data_path(self) -> Path:

@@ -10,9 +10,18 @@ Signals only set flags; the main loop acts on them (CONVENTIONS 6):
 supervisord's stopwaitsecs must exceed the grace plus RELEASE_WAIT_S, so it
 does not SIGKILL an encoder before its jobs are given back.
 
-Exit status: 0 after a signal or when idle too long (supervisord's
-autorestart=unexpected with exitcodes=0 leaves the slot stopped), 2 for a
-bad configuration.
+On EC2 (backend "aws", nommerd/ec2.py): the node id is the instance id from
+the metadata service unless --node-id is given; a Spot interruption notice
+acts like a second SIGTERM (jobs given back at once, then exit 0); idle too
+long with nommerd_terminate_when_idle, it terminates its own instance, then
+exits.
+
+Exit status: 0 after a signal, a Spot notice or when idle too long
+(supervisord's autorestart=unexpected with exitcodes=0 leaves the slot
+stopped), 1 when the store and queues cannot be opened or an idle EC2
+encoder could not terminate its instance (supervisord starts it again, and
+it tries again when next idle), 2 for a bad configuration or, on EC2
+without --node-id, no instance metadata.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from core.jobs import utcnow
 from core.media import ffmpeg_path
 from core.settings import Settings, load
 from core.storage import storage_for
+from nommerd import ec2
 from nommerd.worker import Control, Worker
 
 log = logging.getLogger("nommerd")
@@ -66,6 +76,8 @@ class Daemon:
         self.started_at: datetime = utcnow()
         self.signals_seen = 0  # written only by signal handlers
         self._signals_handled = 0
+        self.interruption_notice = False  # written only by on_interruption_notice
+        self.stopped_idle = False
         self._release_at: float | None = None
         self._released_at: float | None = None
         self._stopped = False
@@ -81,6 +93,11 @@ class Daemon:
     def on_signal(self, signum: int, frame) -> None:
         self.signals_seen += 1
 
+    def on_interruption_notice(self) -> None:
+        """The machine is about to be taken away (a Spot interruption):
+        give jobs back at once. Only sets a flag; the main loop acts on it."""
+        self.interruption_notice = True
+
     def run(self) -> int:
         """Work until stopped by a signal or idleness; returns the exit status."""
         log.info("node %s: starting %d worker(s)", self.node_id, len(self.workers))
@@ -91,6 +108,7 @@ class Daemon:
         try:
             while not self._workers_done():
                 self._handle_signals()
+                self._handle_interruption()
                 self._release_after_grace()
                 if self._gave_up_waiting():
                     break
@@ -135,6 +153,12 @@ class Daemon:
         if seen >= 2:
             self._release_now("second stop request")
 
+    def _handle_interruption(self) -> None:
+        if not self.interruption_notice or self.control.release_now.is_set():
+            return
+        self.control.stopping.set()
+        self._release_now("instance interruption notice")
+
     def _release_after_grace(self) -> None:
         if self._release_at is not None and time.monotonic() >= self._release_at:
             self._release_now(f"grace of {self.stop_grace_s:.0f} s over")
@@ -164,18 +188,49 @@ class Daemon:
         idle_for_s = self.control.idle_for_s()
         if idle_for_s >= self.settings.nommerd_max_inactivity:
             log.info("no work for %.0f s: stopping", idle_for_s)
+            self.stopped_idle = True
             self.control.stopping.set()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nommerd", description="The media-nommer encoder daemon.")
     parser.add_argument("--config", help="nomconf.toml (default: $NOMMER_CONFIG)")
-    parser.add_argument("--node-id", help="this encoder's id (default: supervisord's "
-                        "group:process name, else hostname-pid)")
+    parser.add_argument("--node-id", help="this encoder's id (default: on EC2 the instance id "
+                        "from the metadata service; else supervisord's group:process name, "
+                        "else hostname-pid)")
     parser.add_argument("--stop-grace-s", type=float, default=DEFAULT_STOP_GRACE_S,
                         help="after a stop signal, how long held jobs may run on before "
                         "they are given back (seconds; default %(default)s)")
     return parser
+
+
+def node_id_for(settings: Settings, given: str | None) -> str:
+    """--node-id if given; on EC2 the instance id (raises BackendError when
+    the metadata service cannot tell it); else default_node_id."""
+    if given:
+        return given
+    if settings.backend == "aws":
+        return ec2.own_instance_id(settings)
+    return default_node_id(dict(os.environ))
+
+
+def run_daemon(settings: Settings, backends: Backends, node_id: str, stop_grace_s: float) -> int:
+    """Run one Daemon with its signal handlers and, on EC2, its Spot watch and
+    idle self-termination; returns the exit status."""
+    daemon = Daemon(settings, backends, node_id, stop_grace_s)
+    signal.signal(signal.SIGTERM, daemon.on_signal)
+    signal.signal(signal.SIGINT, daemon.on_signal)
+    on_ec2 = settings.backend == "aws"
+    watch = (ec2.SpotWatch(settings.imds_url, settings.spot_check_interval_s,
+                           daemon.on_interruption_notice).start() if on_ec2 else None)
+    try:
+        status = daemon.run()
+    finally:
+        if watch is not None:
+            watch.stop()
+    if on_ec2 and daemon.stopped_idle and not ec2.terminate_own_instance(settings, node_id):
+        return 1
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,17 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    node_id = args.node_id or default_node_id(dict(os.environ))
+    try:
+        node_id = node_id_for(settings, args.node_id)
+    except BackendError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         backends = open_backends(settings)
     except (BackendError, ConfigError) as exc:
         log.error("cannot open the job store and queues: %s", exc)
         return 1
     try:
-        daemon = Daemon(settings, backends, node_id, args.stop_grace_s)
-        signal.signal(signal.SIGTERM, daemon.on_signal)
-        signal.signal(signal.SIGINT, daemon.on_signal)
-        return daemon.run()
+        return run_daemon(settings, backends, node_id, args.stop_grace_s)
     finally:
         backends.close()
 
