@@ -60,6 +60,10 @@ class SQSBackend:
     # with one "might not" delete the message, and moto, matched to AWS on
     # this (getmoto/moto#4655), deletes and extends with it.
     ignores_stale_receipts = False
+    # Standard queues deliver at least once: AWS documents that a message may
+    # now and then be received twice, and moto's server, answering requests
+    # on several threads, does so under load.
+    at_most_once_while_hidden = False
     # Fixtures the `backend` fixture passes to the constructor by name.
     servers = ("moto_server",)
 

