@@ -23,37 +23,20 @@ core.aws.aws_errors.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from datetime import datetime, timezone
 
 from core.aws import aws_errors, client as aws_client
 from core.errors import ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.settings import Settings
+from core.store_codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
 BY_STATE_INDEX = "by_state"
 BY_CREATED_INDEX = "by_created"
 _LISTING = "job"
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 # How long to wait for a new table to become ACTIVE (seconds).
 TABLE_CREATE_TIMEOUT_S = 300
-
-
-def _time_to_text(value: datetime | None) -> str | None:
-    """Fixed-width ISO-8601 in UTC, so text order is time order."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        # Naive times in this project are UTC.
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime(_TIME_FORMAT)
-
-
-def _text_to_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def _string(value: str | None) -> dict:
@@ -65,7 +48,7 @@ def _unstring(attr: dict) -> str | None:
 
 
 def _created_key(job: Job) -> str:
-    return f"{_time_to_text(job.created_at)}|{job.id}"
+    return f"{time_to_text(job.created_at)}|{job.id}"
 
 
 def _job_item(job: Job, version: int) -> dict:
@@ -80,9 +63,9 @@ def _job_item(job: Job, version: int) -> dict:
         "progress": {"N": str(job.progress)},
         "attempts": {"N": str(job.attempts)},
         "node": _string(job.node),
-        "created_at": {"S": _time_to_text(job.created_at)},
-        "updated_at": {"S": _time_to_text(job.updated_at)},
-        "lease_expires_at": _string(_time_to_text(job.lease_expires_at)),
+        "created_at": {"S": time_to_text(job.created_at)},
+        "updated_at": {"S": time_to_text(job.updated_at)},
+        "lease_expires_at": _string(time_to_text(job.lease_expires_at)),
         "version": {"N": str(version)},
         "created_key": {"S": _created_key(job)},
         "listing": {"S": _LISTING},
@@ -96,29 +79,20 @@ def _job_from_item(item: dict) -> Job:
         state=JobState(item["state"]["S"]), state_details=item["state_details"]["S"],
         progress=int(item["progress"]["N"]), attempts=int(item["attempts"]["N"]),
         node=_unstring(item["node"]),
-        created_at=_text_to_time(item["created_at"]["S"]),
-        updated_at=_text_to_time(item["updated_at"]["S"]),
-        lease_expires_at=_text_to_time(_unstring(item["lease_expires_at"])),
+        created_at=text_to_time(item["created_at"]["S"]),
+        updated_at=text_to_time(item["updated_at"]["S"]),
+        lease_expires_at=text_to_time(_unstring(item["lease_expires_at"])),
         version=int(item["version"]["N"]),
     )
 
 
 def _encode_cursor(created_key: str) -> str:
-    created_at, _, job_id = created_key.partition("|")
-    raw = json.dumps({"c": created_at, "i": job_id}).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    return encode_cursor(*created_key.split("|", 1))
 
 
 def _decode_cursor(cursor: str) -> str:
     """The created_key of the last job of the previous page. Raises ValidationError."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        created_at, job_id = data["c"], data["i"]
-    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError, AttributeError):
-        raise ValidationError("bad cursor") from None
-    if not isinstance(created_at, str) or not isinstance(job_id, str):
-        raise ValidationError("bad cursor")
-    return f"{created_at}|{job_id}"
+    return "|".join(decode_cursor(cursor))
 
 
 def _index(name: str, partition: str) -> dict:
@@ -273,8 +247,8 @@ class DynamoDBJobStore(JobStore):
         """Create or replace the report of encoder `node.id` (the original's attributes)."""
         item = {"id": {"S": node.id}, "state": {"S": node.state},
                 "active_jobs": {"N": str(node.active_jobs)},
-                "last_report_dtime": {"S": _time_to_text(node.last_report)},
-                "started_at": {"S": _time_to_text(node.started_at)}}
+                "last_report_dtime": {"S": time_to_text(node.last_report)},
+                "started_at": {"S": time_to_text(node.started_at)}}
         with aws_errors("put node"):
             self._client.put_item(TableName=self.nodes_table_name, Item=item)
 
@@ -288,8 +262,8 @@ class DynamoDBJobStore(JobStore):
             for item in answer.get("Items", []):
                 nodes.append(Node(id=item["id"]["S"], state=item["state"]["S"],
                                   active_jobs=int(item["active_jobs"]["N"]),
-                                  last_report=_text_to_time(item["last_report_dtime"]["S"]),
-                                  started_at=_text_to_time(item["started_at"]["S"])))
+                                  last_report=text_to_time(item["last_report_dtime"]["S"]),
+                                  started_at=text_to_time(item["started_at"]["S"])))
             if "LastEvaluatedKey" not in answer:
                 break
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import imageio_ffmpeg
 
-from core.errors import MediaError, NommerError
+from core.errors import MediaError
 from core.settings import Settings
 
 PROBE_TIMEOUT_S = 60.0

@@ -24,16 +24,14 @@ rest BackendError.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from datetime import datetime, timezone
 
 from core.aws import aws_errors, client as aws_client
 from core.errors import ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.settings import Settings
+from core.store_codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
 CHUNK_BYTES = 1024
 # AWS's cap on the name-value pairs of one item and of one PutAttributes call.
@@ -42,21 +40,11 @@ MAX_ITEM_ATTRIBUTES = 256
 MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
 _TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options")
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 
 
-def _time_to_text(value: datetime | None) -> str:
-    """Fixed-width ISO-8601 in UTC ("" for None), so text order is time order."""
-    if value is None:
-        return ""
-    if value.tzinfo is None:
-        # Naive times in this project are UTC.
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime(_TIME_FORMAT)
-
-
-def _text_to_time(value: str) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def _sdb_time(value) -> str:
+    # SimpleDB has no null: an empty string stands for "no time".
+    return time_to_text(value) or ""
 
 
 def _number(value: int) -> str:
@@ -87,7 +75,7 @@ def _joined(attrs: dict[str, str], field: str):
 
 
 def _created_key(job: Job) -> str:
-    return f"{_time_to_text(job.created_at)}|{job.id}"
+    return f"{_sdb_time(job.created_at)}|{job.id}"
 
 
 def _job_attributes(job: Job, version: int) -> list[tuple[str, str]]:
@@ -96,9 +84,9 @@ def _job_attributes(job: Job, version: int) -> list[tuple[str, str]]:
         ("state", JobState(job.state).value),
         ("progress", _number(job.progress)),
         ("attempts", _number(job.attempts)),
-        ("created_at", _time_to_text(job.created_at)),
-        ("updated_at", _time_to_text(job.updated_at)),
-        ("lease_expires_at", _time_to_text(job.lease_expires_at)),
+        ("created_at", _sdb_time(job.created_at)),
+        ("updated_at", _sdb_time(job.updated_at)),
+        ("lease_expires_at", _sdb_time(job.lease_expires_at)),
         ("created_key", _created_key(job)),
     ]
     for field in _TEXT_FIELDS:
@@ -116,9 +104,9 @@ def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
         state=JobState(attrs["state"]), state_details=_joined(attrs, "state_details"),
         progress=int(attrs["progress"]), attempts=int(attrs["attempts"]),
         node=_joined(attrs, "node"),
-        created_at=_text_to_time(attrs["created_at"]),
-        updated_at=_text_to_time(attrs["updated_at"]),
-        lease_expires_at=_text_to_time(attrs["lease_expires_at"]),
+        created_at=text_to_time(attrs["created_at"]),
+        updated_at=text_to_time(attrs["updated_at"]),
+        lease_expires_at=text_to_time(attrs["lease_expires_at"]),
         version=int(attrs["version"]),
     )
 
@@ -130,21 +118,12 @@ def _as_dict(attributes: list[dict]) -> dict[str, str]:
 
 
 def _encode_cursor(created_key: str) -> str:
-    created_at, _, job_id = created_key.partition("|")
-    raw = json.dumps({"c": created_at, "i": job_id}).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    return encode_cursor(*created_key.split("|", 1))
 
 
 def _decode_cursor(cursor: str) -> str:
     """The created_key of the last job of the previous page. Raises ValidationError."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        created_at, job_id = data["c"], data["i"]
-    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError, AttributeError):
-        raise ValidationError("bad cursor") from None
-    if not isinstance(created_at, str) or not isinstance(job_id, str):
-        raise ValidationError("bad cursor")
-    return f"{created_at}|{job_id}"
+    return "|".join(decode_cursor(cursor))
 
 
 class SimpleDBJobStore(JobStore):
@@ -261,8 +240,8 @@ class SimpleDBJobStore(JobStore):
         """Create or replace the report of encoder `node.id` (the original's attributes)."""
         pairs = [("id", node.id), ("state", node.state),
                  ("active_jobs", _number(node.active_jobs)),
-                 ("last_report_dtime", _time_to_text(node.last_report)),
-                 ("started_at", _time_to_text(node.started_at))]
+                 ("last_report_dtime", _sdb_time(node.last_report)),
+                 ("started_at", _sdb_time(node.started_at))]
         with aws_errors("put node"):
             self._client.put_attributes(
                 DomainName=self.nodes_domain, ItemName=node.id,
@@ -276,8 +255,8 @@ class SimpleDBJobStore(JobStore):
             attrs = _as_dict(item.get("Attributes", []))
             nodes.append(Node(id=item["Name"], state=attrs["state"],
                               active_jobs=int(attrs["active_jobs"]),
-                              last_report=_text_to_time(attrs["last_report_dtime"]),
-                              started_at=_text_to_time(attrs["started_at"])))
+                              last_report=text_to_time(attrs["last_report_dtime"]),
+                              started_at=text_to_time(attrs["started_at"])))
         return sorted(nodes, key=lambda node: node.id)
 
     def delete_node(self, node_id: str) -> None:

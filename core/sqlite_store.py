@@ -6,16 +6,14 @@ DynamoDB condition expression.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import sqlite3
-from datetime import datetime, timezone
 
 from core.errors import ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.sqlite_db import SQLiteDatabase, translate_errors
+from core.store_codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
 # Schema version 1. A later version adds its migration here and bumps the
 # row in schema_versions (shared with the queues, one row per component).
@@ -56,30 +54,15 @@ _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 
-def _time_to_text(value: datetime | None) -> str | None:
-    """ISO-8601 in UTC, always with microseconds, so text order is time order."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        # Naive times in this project are UTC (core.jobs.utcnow is aware,
-        # but a caller's datetime.utcnow() must not shift by the local offset).
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-
-
-def _text_to_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def _job_params(job: Job, version: int) -> dict:
     return {
         "id": job.id, "source": job.source, "destination": job.destination,
         "options": json.dumps(job.options, sort_keys=True), "notify_url": job.notify_url,
         "state": JobState(job.state).value, "state_details": job.state_details,
         "progress": job.progress, "attempts": job.attempts, "node": job.node,
-        "created_at": _time_to_text(job.created_at),
-        "updated_at": _time_to_text(job.updated_at),
-        "lease_expires_at": _time_to_text(job.lease_expires_at),
+        "created_at": time_to_text(job.created_at),
+        "updated_at": time_to_text(job.updated_at),
+        "lease_expires_at": time_to_text(job.lease_expires_at),
         "version": version,
     }
 
@@ -91,28 +74,11 @@ def _job_from_row(row: tuple) -> Job:
         options=json.loads(values["options"]), notify_url=values["notify_url"],
         state=JobState(values["state"]), state_details=values["state_details"],
         progress=values["progress"], attempts=values["attempts"], node=values["node"],
-        created_at=_text_to_time(values["created_at"]),
-        updated_at=_text_to_time(values["updated_at"]),
-        lease_expires_at=_text_to_time(values["lease_expires_at"]),
+        created_at=text_to_time(values["created_at"]),
+        updated_at=text_to_time(values["updated_at"]),
+        lease_expires_at=text_to_time(values["lease_expires_at"]),
         version=values["version"],
     )
-
-
-def _encode_cursor(created_at: str, job_id: str) -> str:
-    raw = json.dumps({"c": created_at, "i": job_id}).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    """(created_at text, id) of the last job of the previous page. Raises ValidationError."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        created_at, job_id = data["c"], data["i"]
-    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError, AttributeError):
-        raise ValidationError("bad cursor") from None
-    if not isinstance(created_at, str) or not isinstance(job_id, str):
-        raise ValidationError("bad cursor")
-    return created_at, job_id
 
 
 class SQLiteJobStore(JobStore):
@@ -190,7 +156,7 @@ class SQLiteJobStore(JobStore):
             # Keyset paging: rows strictly after the last one already seen,
             # so jobs created meanwhile never shift a page.
             where.append("(created_at, id) < (?, ?)")
-            params.extend(_decode_cursor(cursor))
+            params.extend(decode_cursor(cursor))
         sql = _SELECT_JOB
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -202,7 +168,7 @@ class SQLiteJobStore(JobStore):
         if len(rows) <= limit:
             return page, None
         last = rows[limit - 1]
-        return page, _encode_cursor(last[_JOB_COLUMNS.index("created_at")], last[0])
+        return page, encode_cursor(last[_JOB_COLUMNS.index("created_at")], last[0])
 
     def count_jobs(self, states: frozenset[JobState]) -> int:
         """How many jobs are in any of `states` (0 for no states)."""
@@ -222,7 +188,7 @@ class SQLiteJobStore(JobStore):
                 "INSERT OR REPLACE INTO nodes (id, state, active_jobs, last_report, started_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (node.id, node.state, node.active_jobs,
-                 _time_to_text(node.last_report), _time_to_text(node.started_at)))
+                 time_to_text(node.last_report), time_to_text(node.started_at)))
 
     def list_nodes(self) -> list[Node]:
         """Every encoder report, by id."""
@@ -230,8 +196,8 @@ class SQLiteJobStore(JobStore):
             rows = self._db.connection().execute(
                 "SELECT id, state, active_jobs, last_report, started_at FROM nodes ORDER BY id"
             ).fetchall()
-        return [Node(id=r[0], state=r[1], active_jobs=r[2], last_report=_text_to_time(r[3]),
-                     started_at=_text_to_time(r[4])) for r in rows]
+        return [Node(id=r[0], state=r[1], active_jobs=r[2], last_report=text_to_time(r[3]),
+                     started_at=text_to_time(r[4])) for r in rows]
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown."""

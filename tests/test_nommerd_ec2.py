@@ -1,0 +1,270 @@
+"""nommerd on EC2, as a real process: its instance identity and Spot notice
+from an IMDSv2 metadata server on 127.0.0.1, SQS, S3 and EC2 from the moto
+server, the job store in DynamoDB (moto) or SimpleDB (the SimpleDB test
+server), all behind one endpoint (tests/fault_proxy.py), real ffmpeg."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import boto3
+import pytest
+
+from aws_fixtures import unique_name
+from core.instance import INSTANCE_ID_PATH, TOKEN_HEADER
+from core.jobs import JobState
+from core.media import ffmpeg_path, make_sample_clip, probe
+from core.settings import Settings
+from fault_proxy import FaultProxy
+from test_instance import FakeIMDS, _IMDSHandler
+from test_nommerd import FAST, Nommerd, is_running, passes, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+STORES = ("dynamodb", "simpledb")
+
+
+class InstanceMetadata(FakeIMDS):
+    """tests/test_instance.py's metadata server (IMDSv2 tokens required),
+    answering for the instance `instance_id`; `spot_action` set = a Spot
+    interruption notice. Started on creation; `close()` stops it."""
+
+    def __init__(self, instance_id: str):
+        super().__init__()
+        self.instance_id = instance_id
+        self.RequestHandlerClass = _InstanceHandler
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True,
+                                        kwargs={"poll_interval": 0.05})
+        self._thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=5)
+
+
+class _InstanceHandler(_IMDSHandler):
+    server: InstanceMetadata
+
+    def do_GET(self) -> None:
+        token = self.headers.get(TOKEN_HEADER)
+        if (self.path == INSTANCE_ID_PATH and self.server.accept_tokens
+                and token in self.server.tokens):
+            self.server.requests.append(("GET", self.path, self._headers()))
+            return self._answer(200, self.server.instance_id)
+        super().do_GET()
+
+
+def closed_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def aws_env(endpoint_url: str, store: str, data_dir: Path, prefix: str, **extra) -> dict:
+    """NOMMER_* variables for one cluster on the emulated cloud: backend aws,
+    the store `store`, queues and tables/domains named after `prefix`, the
+    fast timings of tests/test_nommerd.py; `extra` NOMMER_* overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMMER_", "SUPERVISOR_"))}
+    env.update(FAST)
+    env.update({
+        "NOMMER_BACKEND": "aws",
+        "NOMMER_AWS_ENDPOINT_URL": endpoint_url,
+        "NOMMER_AWS_STORE": store,
+        "NOMMER_SQS_NEW_JOB_QUEUE_NAME": f"{prefix}-jobs",
+        "NOMMER_SQS_JOB_STATE_CHANGE_QUEUE_NAME": f"{prefix}-jstate",
+        "NOMMER_SIMPLEDB_JOB_STATE_DOMAIN": f"{prefix}-jobs",
+        "NOMMER_SIMPLEDB_EC2_NOMMER_STATE_DOMAIN": f"{prefix}-nodes",
+        "NOMMER_DATA_DIR": str(data_dir),
+        "NOMMER_SPOT_CHECK_INTERVAL_S": "0.2",
+    })
+    env.update(extra)
+    return env
+
+
+def aws_client(endpoint_url: str, service: str):
+    return boto3.client(service, endpoint_url=endpoint_url, region_name="us-east-1")
+
+
+@pytest.fixture(scope="module")
+def cloud(moto_server, simpledb_server):
+    """One endpoint for every service: moto, and the SimpleDB test server for SimpleDB."""
+    with FaultProxy(moto_server.endpoint_url, simpledb_server.endpoint_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def ec2(moto_server):
+    client = aws_client(moto_server.endpoint_url, "ec2")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def s3(moto_server):
+    client = aws_client(moto_server.endpoint_url, "s3")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def ami(ec2) -> str:
+    return ec2.register_image(Name=unique_name("nommer-encoder"),
+                              RootDeviceName="/dev/xvda")["ImageId"]
+
+
+@pytest.fixture
+def instance(ec2, ami):
+    """An instance launched in moto: the machine this nommerd plays."""
+    own = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    yield own
+    ec2.terminate_instances(InstanceIds=[own])
+
+
+@pytest.fixture
+def metadata(instance):
+    server = InstanceMetadata(instance)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3) -> str:
+    name = unique_name("nommer-media")
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def ffmpeg() -> str:
+    return ffmpeg_path(Settings())
+
+
+@pytest.fixture(scope="module")
+def clip_uri(tmp_path_factory, ffmpeg, s3, bucket) -> str:
+    path = tmp_path_factory.mktemp("clips") / "clip.mp4"
+    make_sample_clip(ffmpeg, str(path), duration_s=2, size="160x120")
+    s3.upload_file(str(path), bucket, "in/clip.mp4")
+    return f"s3://{bucket}/in/clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def long_clip_uri(tmp_path_factory, ffmpeg, s3, bucket) -> str:
+    # Long enough that a veryslow encode is still running when the test acts.
+    path = tmp_path_factory.mktemp("clips") / "long.mp4"
+    make_sample_clip(ffmpeg, str(path), duration_s=20, size="640x480")
+    s3.upload_file(str(path), bucket, "in/long.mp4")
+    return f"s3://{bucket}/in/long.mp4"
+
+
+@pytest.fixture
+def encoder_factory(tmp_path, cloud):
+    """`make(metadata_url, store=..., args=..., **NOMMER_overrides)` starts
+    nommerd for a new cluster; every one is stopped at teardown."""
+    started: list[Nommerd] = []
+
+    def make(metadata_url: str, store: str = "simpledb", args=(), **overrides) -> Nommerd:
+        n = len(started)
+        env = aws_env(cloud.url, store, tmp_path / f"data{n}", unique_name("ec2nd"),
+                      NOMMER_IMDS_URL=metadata_url, **overrides)
+        daemon = Nommerd(env, tmp_path / f"nommerd{n}.log", list(args))
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+def instance_state(ec2, instance_id: str) -> str:
+    reservation = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+    return reservation["Instances"][0]["State"]["Name"]
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_s3_job_finishes_with_the_instance_id_as_its_node(encoder_factory, metadata, instance,
+                                                          clip_uri, s3, bucket, ffmpeg, store,
+                                                          tmp_path):
+    encoder = encoder_factory(metadata.url, store=store)
+    out_key = f"out/{store}/clip.mp4"
+    job = encoder.jobs.submit(clip_uri, f"s3://{bucket}/{out_key}", passes())
+
+    done = encoder.wait_state(job.id, {JobState.FINISHED, JobState.ERROR})
+
+    assert done.state is JobState.FINISHED, done.state_details
+    assert done.node == instance and done.attempts == 1
+    assert [node.id for node in encoder.backends.store.list_nodes()] == [instance]
+    s3.download_file(bucket, out_key, str(tmp_path / "out.mp4"))
+    info = probe(ffmpeg, str(tmp_path / "out.mp4"))
+    assert ("video", "h264") in info.streams and ("audio", "aac") in info.streams
+    assert info.duration_s == pytest.approx(2.0, abs=0.3)
+    wait_for(lambda: encoder.backends.new_jobs.counts() == (0, 0), 10, "the message deleted")
+
+
+def test_spot_interruption_notice_gives_the_job_back_at_once_and_exits_0(
+        encoder_factory, metadata, instance, long_clip_uri, bucket):
+    # A grace of ten minutes: only the notice, not a grace running out, can release the job.
+    encoder = encoder_factory(metadata.url, args=["--stop-grace-s", "600"])
+    job = encoder.jobs.submit(long_clip_uri, f"s3://{bucket}/out/spot.mp4",
+                              passes(preset="veryslow"))
+    encoder.wait_state(job.id, {JobState.ENCODING})
+    ffmpeg_pids = wait_for(encoder.ffmpeg_children, 20, "ffmpeg to start")
+
+    metadata.spot_action = {"action": "terminate", "time": "2030-01-01T00:02:00Z"}
+
+    assert encoder.proc.wait(timeout=15) == 0
+    released = encoder.job(job.id)
+    assert released.state is JobState.PENDING, released.state_details
+    assert released.state_details == f"released by {instance}"
+    assert encoder.backends.new_jobs.counts() == (1, 0), "the message is visible again"
+    assert not any(is_running(pid) for pid in ffmpeg_pids)
+    [node] = encoder.backends.store.list_nodes()
+    assert (node.id, node.state, node.active_jobs) == (instance, "stopped", 0)
+
+
+def test_idle_encoder_terminates_its_own_instance_and_exits_0(encoder_factory, metadata,
+                                                              instance, ec2):
+    assert instance_state(ec2, instance) == "running"
+    encoder = encoder_factory(metadata.url, NOMMER_NOMMERD_MAX_INACTIVITY="1")
+
+    assert encoder.proc.wait(timeout=30) == 0
+    assert instance_state(ec2, instance) in ("shutting-down", "terminated")
+    assert f"terminating instance {instance}" in encoder.log_path.read_text()
+    [node] = encoder.backends.store.list_nodes()
+    assert (node.id, node.state) == (instance, "stopped")
+
+
+def test_idle_encoder_that_cannot_terminate_its_instance_exits_1_to_be_restarted(encoder_factory):
+    # An instance id EC2 does not know: TerminateInstances is refused.
+    metadata = InstanceMetadata("i-0000000000000dead")
+    try:
+        encoder = encoder_factory(metadata.url, NOMMER_NOMMERD_MAX_INACTIVITY="1")
+        assert encoder.proc.wait(timeout=30) == 1
+    finally:
+        metadata.close()
+    assert "could not terminate instance i-0000000000000dead" in encoder.log_path.read_text()
+
+
+def test_without_metadata_or_node_id_it_refuses_to_start_with_exit_2(encoder_factory):
+    encoder = encoder_factory(closed_url())
+
+    assert encoder.proc.wait(timeout=30) == 2
+    log = encoder.log_path.read_text()
+    assert "cannot learn this instance's id" in log and "--node-id" in log
+    assert encoder.backends.store.list_nodes() == []
+
+
+def test_with_a_node_id_it_works_without_metadata(encoder_factory, clip_uri, bucket):
+    encoder = encoder_factory(closed_url(), args=["--node-id", "i-0123456789abcdef0"])
+    job = encoder.jobs.submit(clip_uri, f"s3://{bucket}/out/no-metadata.mp4", passes())
+
+    done = encoder.wait_state(job.id, {JobState.FINISHED, JobState.ERROR})
+
+    assert done.state is JobState.FINISHED, done.state_details
+    assert done.node == "i-0123456789abcdef0"
+    assert encoder.proc.poll() is None
+    log = encoder.log_path.read_text()
+    assert log.count("cannot check for a Spot interruption notice") == 1, "warned once, not in a loop"
