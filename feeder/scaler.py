@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
 import threading
 import time
 
 from core.backends import Backends, open_backends, open_fleet
+from core.daemon import configure_logging, run_until_signalled
 from core.errors import BackendError, NommerError
 from core.interfaces import Encoder, Fleet, Node
 from core.jobs import UNFINISHED_STATES
@@ -224,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     "'nommer-scaler simulate --help' compares the policies on a trace.")
     parser.add_argument("--config", help="TOML settings file (default: $NOMMER_CONFIG)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         settings = load(args.config)
         policy = PolicySettings.from_settings(settings)
@@ -240,19 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         backends.close()
         return 2
     scaler = Scaler(settings, backends, fleet, policy)
-
-    def on_signal(signum, frame):
-        scaler.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("scaler started: policy %s, every %g s, %d-%d encoders",
              policy.policy, settings.feederd_auto_scale_interval,
              policy.min_encoders, policy.max_encoders)
     try:
-        scaler.run()
+        run_until_signalled(scaler.run, scaler.request_stop)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         backends.close()
     log.info("scaler stopped")
     return 0

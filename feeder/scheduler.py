@@ -25,12 +25,12 @@ import argparse
 import concurrent.futures
 import dataclasses
 import logging
-import signal
 import sys
 import time
 from datetime import datetime, timezone
 
 from core.backends import Backends, open_backends
+from core.daemon import configure_logging, run_until_signalled
 from core.errors import BackendError, ConflictError, NommerError, NotFound
 from core.interfaces import Message
 from core.jobs import utcnow
@@ -355,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Send job state notifications and abandon stale jobs.")
     parser.add_argument("--config", help="TOML settings file (default: $NOMMER_CONFIG)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         settings = load(args.config)
         backends = open_backends(settings)
@@ -364,17 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 2
     scheduler = Scheduler(backends, settings)
-
-    def on_signal(signum, frame):
-        scheduler.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("scheduler started")
     try:
-        scheduler.run()
+        run_until_signalled(scheduler.run, scheduler.request_stop)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         backends.close()
     log.info("scheduler stopped")
     return 0
