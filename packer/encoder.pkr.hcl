@@ -12,12 +12,12 @@ locals {
 }
 
 source "amazon-ebs" "encoder" {
-  region        = var.region
-  instance_type = var.instance_type
-  subnet_id     = var.subnet_id
-  ami_name      = "${var.ami_name}-${var.project_version}-${local.ami_version}"
+  region          = var.region
+  instance_type   = var.instance_type
+  subnet_id       = var.subnet_id
+  ami_name        = "${var.ami_name}-${var.project_version}-${local.ami_version}"
   ami_description = "media-nommer ${var.project_version} encoder (nommerd under supervisord), Debian 12"
-  ami_groups    = var.ami_public ? ["all"] : []
+  ami_groups      = var.ami_public ? ["all"] : []
 
   // Debian 12 (bookworm), published by Debian's own AWS account. Its
   // python3 is 3.11, which the wheelhouse is built for.
@@ -33,20 +33,19 @@ source "amazon-ebs" "encoder" {
   }
   ssh_username = "admin"
 
-  // The build machine already answers only IMDSv2, so nothing installed on
-  // the image can depend on IMDSv1. Encoders are launched with IMDSv2
-  // required as well (core/ec2_fleet.py), and `fab build-ami` marks the AMI
-  // itself imdsSupport=v2.0.
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-  }
+  // IMDSv2: Packer 1.6.6 knows neither `imds_support` nor
+  // `metadata_options`, so the image is marked imdsSupport=v2.0 after the
+  // build by `fab build-ami` (ModifyImageAttribute; see docs/provisioning.md
+  // for a hand build). Encoders are launched with IMDSv2 required in any
+  // case (core/ec2_fleet.py), and nommerd only speaks IMDSv2.
 
   launch_block_device_mappings {
-    device_name           = "/dev/xvda"
-    volume_size           = var.root_volume_gb
-    volume_type           = "gp3"
+    device_name = "/dev/xvda"
+    volume_size = var.root_volume_gb
+    volume_type = "gp3"
+    // gp3's baseline, free of charge (Packer 1.6.6 insists on both values).
+    iops                  = 3000
+    throughput            = 125
     delete_on_termination = true
   }
 

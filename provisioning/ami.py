@@ -1,0 +1,161 @@
+"""`fab build-ami`: build the encoder AMI with Packer (through packer-py) and
+say how to use it.
+
+Steps: find packer, check that AWS credentials exist (both before anything
+slow), build the wheelhouse for the AMI's Python (wheelhouse.ENCODER_TARGET),
+run `packer build packer/` with the request as -var values, read the new
+AMI id from the manifest, mark the AMI imdsSupport=v2.0 (Packer 1.6.6
+cannot), and print the setting to put it in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+
+from core.aws import aws_errors, client
+from core.errors import BackendError
+from core.settings import Settings
+from provisioning.errors import ProvisioningError
+from provisioning.wheelhouse import (ENCODER_TARGET, PROJECT_ROOT, build_wheelhouse,
+                                     project_version)
+
+TEMPLATE_DIR = PROJECT_ROOT / "packer"
+
+INSTALL_PACKER_HINT = (
+    "install it (Debian: apt-get install packer; a current Packer also needs "
+    "`packer plugins install github.com/hashicorp/amazon`) or pass --packer PATH")
+
+
+@dataclasses.dataclass(frozen=True)
+class AmiRequest:
+    """What to build; empty strings leave the template's defaults."""
+
+    region: str
+    instance_type: str = ""
+    ami_name: str = ""
+    ami_version: str = ""
+    subnet_id: str = ""
+    public: bool = False
+
+
+def find_packer(explicit: str | None) -> str:
+    """The packer executable: `explicit`, else packer on PATH. Raises
+    ProvisioningError saying how to get one."""
+    found = shutil.which(explicit or "packer")
+    if found is None:
+        where = explicit or "packer on PATH"
+        raise ProvisioningError(f"cannot run {where}: {INSTALL_PACKER_HINT}")
+    return found
+
+
+def check_credentials(region: str) -> None:
+    """Raise ProvisioningError unless boto3's credential chain finds some:
+    Packer reads the same chain (environment, ~/.aws, an instance profile)."""
+    try:
+        credentials = boto3.session.Session(region_name=region).get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ProvisioningError(f"AWS credentials are unusable: {exc}") from None
+    if credentials is None:
+        raise ProvisioningError(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE with ~/.aws/credentials, or run on an instance with a role "
+            "that may create AMIs")
+
+
+def packer_variables(request: AmiRequest, wheelhouse: Path, manifest: Path) -> dict[str, str]:
+    """-var values for packer/variables.pkr.hcl."""
+    variables = {
+        "region": request.region,
+        "wheelhouse_dir": str(Path(wheelhouse).resolve()),
+        "manifest_path": str(Path(manifest).resolve()),
+        "project_version": project_version(wheelhouse),
+        "ami_public": "true" if request.public else "false",
+    }
+    optional = {"instance_type": request.instance_type, "ami_name": request.ami_name,
+                "ami_version": request.ami_version, "subnet_id": request.subnet_id}
+    variables.update({key: value for key, value in optional.items() if value})
+    return variables
+
+
+def run_packer(packer: str, variables: dict[str, str]) -> None:
+    """`packer build` of TEMPLATE_DIR, its output shown as it runs."""
+    from packerpy import PackerExecutable
+
+    # stdout/stderr None: Packer writes straight to the terminal, so a
+    # build of many minutes shows its progress.
+    executable = PackerExecutable(executable_path=packer, machine_readable=False,
+                                  config={"stdout": None, "stderr": None})
+    try:
+        status, _, _ = executable.build(str(TEMPLATE_DIR), var=variables, color="false")
+    except OSError as exc:
+        raise ProvisioningError(f"cannot run {packer}: {exc}") from None
+    if status != 0:
+        raise ProvisioningError(f"packer build failed (exit status {status}); "
+                                "its output above says why")
+
+
+def ami_from_manifest(manifest: Path, region: str) -> str:
+    """The AMI id of the newest build in a Packer manifest. Raises
+    ProvisioningError when there is none."""
+    try:
+        document = json.loads(Path(manifest).read_text())
+    except (OSError, ValueError) as exc:
+        raise ProvisioningError(f"packer wrote no readable manifest {manifest}: {exc}") from None
+    builds = [build for build in document.get("builds", [])
+              if build.get("packer_run_uuid") == document.get("last_run_uuid")]
+    if not builds:
+        raise ProvisioningError(f"the manifest {manifest} names no build of the last run")
+    # "region:ami-id[,region:ami-id...]", one per region the AMI went to.
+    for artifact in builds[-1].get("artifact_id", "").split(","):
+        artifact_region, _, ami = artifact.partition(":")
+        if artifact_region == region and ami.startswith("ami-"):
+            return ami
+    raise ProvisioningError(f"the manifest {manifest} has no AMI in {region}")
+
+
+def require_imdsv2(region: str, ami: str, settings: Settings) -> None:
+    """Mark the AMI imdsSupport=v2.0: instances launched from it require
+    IMDSv2 whoever launches them. Raises ProvisioningError."""
+    ec2 = client(dataclasses.replace(settings, aws_region=region), "ec2")
+    try:
+        with aws_errors(f"require IMDSv2 on {ami}"):
+            ec2.modify_image_attribute(ImageId=ami, Attribute="imdsSupport", Value="v2.0")
+    except BackendError as exc:
+        raise ProvisioningError(
+            f"{ami} is built, but IMDSv2 could not be required on it ({exc}); run "
+            f"`aws ec2 modify-image-attribute --region {region} --image-id {ami} "
+            "--imds-support v2.0`") from None
+
+
+def build_ami(request: AmiRequest, settings: Settings, scratch: Path,
+              packer: str | None = None, wheelhouse: Path | None = None) -> str:
+    """Build the encoder AMI; returns its id. Raises ProvisioningError."""
+    packer_path = find_packer(packer)
+    check_credentials(request.region)
+    version = subprocess.run([packer_path, "version"], capture_output=True, text=True,
+                             timeout=60, check=False).stdout.strip()
+    print(f"building the encoder AMI in {request.region} with {version or packer_path}",
+          flush=True)
+    wheels = wheelhouse or build_wheelhouse(scratch / "wheelhouse", ENCODER_TARGET)
+    manifest = scratch / "packer-manifest.json"
+    run_packer(packer_path, packer_variables(request, wheels, manifest))
+    ami = ami_from_manifest(manifest, request.region)
+    require_imdsv2(request.region, ami, settings)
+    return ami
+
+
+def how_to_use(ami: str, region: str) -> str:
+    return (f"AMI {ami} is ready in {region} (IMDSv2 required).\n"
+            "Encoders are launched from it once the feeder's settings name it: in the\n"
+            "nomconf.toml you deploy with, set\n\n"
+            f"    ec2_ami_id = \"{ami}\"\n"
+            f"    aws_region = \"{region}\"\n\n"
+            f"(or NOMMER_EC2_AMI_ID={ami}), then run `fab -H FEEDER_HOST deploy`.\n"
+            "Encoders already running keep their AMI until they stop; they are found by\n"
+            "their tags, not by AMI id, so none is orphaned.")

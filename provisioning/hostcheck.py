@@ -1,0 +1,123 @@
+"""Checks that run on a feeder host, with the Python of the release they check:
+
+    python -m provisioning.hostcheck config --nomconf FILE --supervisord FILE
+    python -m provisioning.hostcheck health --nomconf FILE [--timeout-s 30]
+
+`config` loads the settings file the way the daemons will (unknown keys,
+wrong types and values are errors) and parses supervisord.conf the way
+supervisord will. `health` asks the API that the settings describe for
+/health until it answers success. Exit status 0 when all is well, 1 with
+the reason on stderr otherwise, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from supervisor.options import ServerOptions
+
+from core.errors import ConfigError
+from core.settings import Settings, load
+
+# Addresses that mean "every interface": the API is then reached on loopback.
+_ANY_ADDRESS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+_POLL_INTERVAL_S = 0.5
+_REQUEST_TIMEOUT_S = 5.0
+
+
+def check_settings(nomconf: str) -> Settings:
+    """The settings in `nomconf` alone (no environment). Raises ConfigError."""
+    return load(nomconf, environ={})
+
+
+def check_supervisord(conf: str) -> None:
+    """Raise ConfigError when supervisord would refuse `conf` (including
+    folders it writes to that do not exist, or a user that does not)."""
+    options = ServerOptions()
+    messages = io.StringIO()
+    # realize() reports a bad file through usage(): a message on the
+    # options' stderr, then SystemExit.
+    options.stderr = options.stdout = messages
+    try:
+        options.realize(args=["--configuration", conf], progname="supervisord")
+    except SystemExit:
+        said = messages.getvalue().replace("For help, use supervisord -h", "").strip()
+        raise ConfigError(f"{conf}: {said}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{conf}: {exc}") from None
+
+
+def health_url(settings: Settings) -> str:
+    host = _ANY_ADDRESS.get(settings.api_host, settings.api_host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api_port}/health"
+
+
+def ask_health(url: str) -> tuple[bool, str]:
+    """(healthy, what the API said or why it could not be asked)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=_REQUEST_TIMEOUT_S) as response:
+            body = response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        exc.close()
+        return False, f"HTTP {exc.code}: {body.strip()[:300]}"
+    except OSError as exc:  # URLError, refused, reset, timeout
+        return False, str(getattr(exc, "reason", exc))
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False, f"not JSON: {body.strip()[:300]}"
+    return bool(isinstance(answer, dict) and answer.get("success")), body.strip()
+
+
+def wait_healthy(url: str, timeout_s: float) -> str:
+    """The healthy answer of `url`, asked every half second for up to
+    `timeout_s`. Raises ConfigError with the last failure when time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        healthy, said = ask_health(url)
+        if healthy:
+            return said
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"{url} did not answer success within {timeout_s:g} s: {said}")
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m provisioning.hostcheck",
+                                     description="Check a feeder host's configuration and API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config = sub.add_parser("config", help="validate nomconf.toml and supervisord.conf")
+    config.add_argument("--nomconf", required=True)
+    config.add_argument("--supervisord", required=True)
+    health = sub.add_parser("health", help="wait for the API's /health to answer success")
+    health.add_argument("--nomconf", required=True)
+    health.add_argument("--timeout-s", type=float, default=30.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = check_settings(args.nomconf)
+        if args.command == "config":
+            check_supervisord(args.supervisord)
+            print("configuration is valid")
+        else:
+            print(wait_healthy(health_url(settings), args.timeout_s))
+    except ConfigError as exc:
+        print(f"hostcheck: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
