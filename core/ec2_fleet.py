@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 import botocore.exceptions
 
@@ -23,6 +22,7 @@ from core.aws import aws_errors, error_code
 from core.errors import ConfigError
 from core.interfaces import Encoder, Fleet
 from core.settings import Settings
+from core.toml_text import toml_value
 
 NOMCONF_PATH = "/etc/media-nommer/nomconf.toml"
 ENCODER_ROLE = "encoder"
@@ -64,36 +64,6 @@ _STATE_BY_EC2_STATE = {
 }
 
 
-def _toml_string(text: str) -> str:
-    """A TOML basic string: quote, backslash and control characters escaped,
-    anything else as UTF-8 (TOML's \\u escapes cannot carry surrogate pairs)."""
-    escaped = []
-    for char in text:
-        if char in '"\\':
-            escaped.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            escaped.append(f"\\u{ord(char):04x}")
-        else:
-            escaped.append(char)
-    return '"' + "".join(escaped) + '"'
-
-
-def _toml_value(key: str, value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"setting {key!r}: {value!r} cannot be passed to encoders")
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml_value(key, item) for item in value) + "]"
-    raise ConfigError(f"setting {key!r}: {type(value).__name__} cannot be passed to encoders")
-
-
 def encoder_settings(settings: Settings) -> dict:
     """The settings an encoder instance runs with: backend "aws" plus the
     allow-listed cluster settings. Never credentials or tokens."""
@@ -110,8 +80,11 @@ def encoder_settings(settings: Settings) -> dict:
 def encoder_nomconf(settings: Settings) -> str:
     """The nomconf.toml text of an encoder (see encoder_settings)."""
     lines = ["# Written at boot by the instance's user data; see core/ec2_fleet.py."]
-    lines += [f"{key} = {_toml_value(key, value)}"
-              for key, value in encoder_settings(settings).items()]
+    try:
+        lines += [f"{key} = {toml_value(key, value)}"
+                  for key, value in encoder_settings(settings).items()]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return "\n".join(lines) + "\n"
 
 
