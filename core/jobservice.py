@@ -56,9 +56,8 @@ class JobService:
         here, so the API answers an error instead of accepting a job that no
         encoder will ever see.
         """
-        job = self.store.create_job(Job(
-            id=new_job_id(), source=source, destination=destination,
-            options=options, notify_url=notify_url))
+        job = self._create(Job(id=new_job_id(), source=source, destination=destination,
+                               options=options, notify_url=notify_url))
         try:
             self.new_jobs.send(job.id)
         except BackendError:
@@ -71,6 +70,23 @@ class JobService:
             raise
         self._announce(job)
         return job
+
+    def _create(self, job: Job) -> Job:
+        """Create `job`; a create whose answer was lost and retried is no conflict.
+
+        Ids are fresh and random, so "already exists" for the same id, with
+        the same request at version 1, can only be our own first attempt.
+        """
+        try:
+            return self.store.create_job(job)
+        except ConflictError:
+            stored = self.store.get_job(job.id)
+            same = (stored.version == 1 and stored.source == job.source
+                    and stored.destination == job.destination and stored.options == job.options
+                    and stored.notify_url == job.notify_url)
+            if not same:
+                raise
+            return stored
 
     def claim(self, job_id: str, node_id: str, lease_s: float,
               now: datetime | None = None) -> Job | None:

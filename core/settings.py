@@ -203,7 +203,7 @@ def _validate(settings: Settings) -> None:
             )
     positive = ("api_port", "visibility_timeout_s", "max_receives", "job_lease_s",
                 "max_encoding_jobs_per_ec2_instance", "nommerd_heartbeat_interval_s",
-                "feederd_auto_scale_interval", "local_queue_poll_ms")
+                "feederd_auto_scale_interval", "local_queue_poll_ms", "spot_check_interval_s")
     for key in positive:
         if getattr(settings, key) <= 0:
             raise ConfigError(f"setting {key!r}: must be greater than zero")

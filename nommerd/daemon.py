@@ -228,6 +228,12 @@ def run_daemon(settings: Settings, backends: Backends, node_id: str, stop_grace_
     finally:
         if watch is not None:
             watch.stop()
+        # Jobs are given back and the node reported: a stop request from now
+        # on (an instance shutting down after terminate_own_instance) asks
+        # for what is already happening. Ignored, so it cannot turn a clean
+        # exit into a death by signal while the interpreter shuts down.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
     if on_ec2 and daemon.stopped_idle and not ec2.terminate_own_instance(settings, node_id):
         return 1
     return status

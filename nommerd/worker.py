@@ -2,9 +2,9 @@
 
 Several workers run as threads of one nommerd. They share a `Control`
 (flags the daemon's main loop sets) and nothing else. While a worker holds
-a job, a `Watchdog` thread keeps the queue message hidden and the job's
-lease alive, and stops ffmpeg when the job changes under us or must be
-given back.
+a job, a `Watchdog` keeps the queue message hidden and the job's lease
+alive, and stops ffmpeg when the job changes under us, must be given back,
+or its lease is about to run out because the store cannot be reached.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from core.backends import Backends
 from core.errors import BackendError, ConflictError, NommerError, NotFound, StorageError
 from core.interfaces import Message, Storage
-from core.jobs import Job, JobState
+from core.jobs import Job, JobState, utcnow
 from core.errors import MediaError
 from core.settings import Settings
 from nommerd.ffmpeg import (EncodeCancelled, FFmpegRunner, build_pass_argvs, check_source,
@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 
 # A receive waits at most this long, so a worker sees the stop flag within it.
 RECEIVE_SLICE_S = 1.0
-# How often the watchdog looks at the release flag (seconds).
+# How often the watchdog looks at the release flag and the lease (seconds).
 WATCHDOG_TICK_S = 0.2
+# A worker that could not renew its lease stops this long (at most a
+# quarter of the lease) before it runs out: time to kill ffmpeg, plus clock
+# differences between encoders.
+LEASE_MARGIN_S = 1.0
 MAX_BACKOFF_S = 10.0
 
 
@@ -81,7 +85,12 @@ class Control:
 
 class HeldJob:
     """The job a worker holds. Every write to it goes through here, one at a
-    time, so the version we write against is always our latest."""
+    time, so the version we write against is always our latest.
+
+    It also knows until when the stored lease is ours (`lease_left_s`),
+    without asking the store, so a worker that cannot renew its lease can
+    stop before another encoder may take the job over.
+    """
 
     def __init__(self, backends: Backends, job: Job, lease_s: float):
         self._jobs = backends.jobs
@@ -90,6 +99,15 @@ class HeldJob:
         self.job = job
         self.lost = False
         self.released = False
+        self.lease_lapsing = False
+        left_s = ((job.lease_expires_at - utcnow()).total_seconds()
+                  if job.lease_expires_at else lease_s)
+        # Read without the lock (a float), by the watchdog, while a write may hang.
+        self._lease_until = time.monotonic() + left_s
+
+    def lease_left_s(self) -> float:
+        """Seconds until the stored lease runs out, unless renewed before."""
+        return self._lease_until - time.monotonic()
 
     def advance(self, state: JobState, details: str = "", **changes) -> Job:
         """Move the job on. Raises JobLost if it changed under us, JobReleased
@@ -110,6 +128,9 @@ class HeldJob:
         with self._lock:
             if self.released or self.lost:
                 return False
+            # The new lease is counted from before the write: botocore's
+            # retries resend the same expiry, however late they get through.
+            asked_at = time.monotonic()
             try:
                 self.job = self._jobs.heartbeat(self.job, self._lease_s, progress)
             except (ConflictError, NotFound):
@@ -117,6 +138,8 @@ class HeldJob:
                 return False
             except BackendError as exc:
                 log.warning("job %s: heartbeat failed: %s", self.job.id, exc)
+                return True
+            self._lease_until = asked_at + self._lease_s
             return True
 
     def release(self, node_id: str) -> bool:
@@ -137,7 +160,15 @@ class HeldJob:
 
 class Watchdog:
     """While a job is worked on: every `interval_s` extend its message and
-    heartbeat the job; stop ffmpeg when the job is lost or must be released."""
+    heartbeat the job (in one thread); stop ffmpeg when the job is lost or
+    must be released, or when the lease is about to run out unrenewed (in
+    another, so a heartbeat that hangs in retries cannot delay it).
+
+    The lease, not the message, decides who may work on a job: once it has
+    run out another encoder may claim the job. So a worker whose heartbeats
+    keep failing (the store is down) stops encoding shortly before then
+    (LEASE_MARGIN_S), and a job is never encoded twice at the same time.
+    """
 
     def __init__(self, held: HeldJob, backends: Backends, receipt: str, runner: FFmpegRunner,
                  control: Control, settings: Settings):
@@ -148,25 +179,34 @@ class Watchdog:
         self._control = control
         self._interval_s = settings.nommerd_heartbeat_interval_s
         self._visibility_timeout_s = settings.visibility_timeout_s
+        self._margin_s = min(LEASE_MARGIN_S, settings.job_lease_s / 4)
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"watchdog-{held.job.id[:8]}")
+        name = held.job.id[:8]
+        self._threads = [threading.Thread(target=self._guard, daemon=True, name=f"guard-{name}"),
+                         threading.Thread(target=self._beats, daemon=True, name=f"beat-{name}")]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._done.set()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _run(self) -> None:
-        next_beat_at = time.monotonic() + self._interval_s
+    def _guard(self) -> None:
         while not self._done.wait(WATCHDOG_TICK_S):
             if self._control.release_now.is_set():
                 self._runner.cancel()
-            if time.monotonic() >= next_beat_at:
-                self._beat()
-                next_beat_at = time.monotonic() + self._interval_s
+            if not self._held.lease_lapsing and self._held.lease_left_s() < self._margin_s:
+                self._held.lease_lapsing = True
+                log.warning("job %s: lease not renewed and about to run out; stopping work "
+                            "so that no other encoder runs it at the same time", self._held.job.id)
+                self._runner.cancel()
+
+    def _beats(self) -> None:
+        while not self._done.wait(self._interval_s):
+            self._beat()
 
     def _beat(self) -> None:
         try:
@@ -245,9 +285,14 @@ class Worker:
         if held is None:
             return
         self.control.job_started()
+        held_since = time.monotonic()
         try:
             self._work(held, message)
         finally:
+            # With "claimed", this brackets the time the worker held the job
+            # (ffmpeg stopped, files removed): how long a job took here, and
+            # the record that shows two holds of one job never overlap.
+            log.info("job %s: let go after %.1f s", held.job.id, time.monotonic() - held_since)
             self.control.job_ended()
 
     def _give_up(self, message: Message) -> None:
@@ -314,7 +359,7 @@ class Worker:
     def _download(self, held: HeldJob, source: str) -> None:
         size = self.storage.download(held.job.source, source, self.settings.max_source_bytes)
         log.info("job %s: downloaded %d bytes", held.job.id, size)
-        self._check_release()
+        self._check_release(held)
 
     def _encode(self, held: HeldJob, runner: FFmpegRunner, source: str, work_dir: str) -> str:
         held.advance(JobState.ENCODING)
@@ -330,7 +375,7 @@ class Worker:
             span = (100 * number // len(argvs), 100 * (number + 1) // len(argvs))
             log.info("job %s: pass %d of %d", held.job.id, number + 1, len(argvs))
             runner.run(argv, info.duration_s, on_progress, span)
-        self._check_release()
+        self._check_release(held)
         return output
 
     def _upload(self, held: HeldJob, output: str) -> None:
@@ -339,9 +384,11 @@ class Worker:
 
     # --- endings -------------------------------------------------------
 
-    def _check_release(self) -> None:
+    def _check_release(self, held: HeldJob) -> None:
         if self.control.release_now.is_set():
             raise JobReleased("the encoder is stopping")
+        if held.lease_lapsing:
+            raise JobReleased(f"job {held.job.id}: its lease could not be renewed")
 
     def _interrupted(self, held: HeldJob, message: Message) -> None:
         if held.lost:

@@ -7,8 +7,8 @@ service, as the clients' single `aws_endpoint_url` setting expects.
 
 A share of requests (`fault_share`, settable while it runs) is not
 forwarded but answered with an error in the service's own wire format,
-half of them throttling and half an internal error, so botocore's retry
-logic sees exactly what AWS would send:
+throttling (`throttle_share` of them, half by default) or an internal
+error, so botocore's retry logic sees exactly what AWS would send:
 
     service            throttling                          internal error
     JSON (DynamoDB,    400 {"__type": "...#ThrottlingException"}  500 {"__type": "...#InternalServerError"}
@@ -110,7 +110,9 @@ class FaultProxy(http.server.ThreadingHTTPServer):
     server; `sdb_upstream_url`: where SimpleDB requests go (default: upstream).
 
     `fault_share` (0..1) of requests to `fault_services` (None: every service)
-    get an error answer instead. `requests` and `faults` count per service.
+    get an error answer instead: throttling for `throttle_share` of them, an
+    internal error for the rest. `requests` counts per service, `faults`
+    per (service, "throttle" or "500").
     Use `start()` / `stop()`, or as a context manager.
     """
 
@@ -118,13 +120,15 @@ class FaultProxy(http.server.ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, upstream_url: str, sdb_upstream_url: str = "", fault_share: float = 0.0,
-                 fault_services: set[str] | None = None, seed: int | None = None):
+                 fault_services: set[str] | None = None, throttle_share: float = 0.5,
+                 seed: int | None = None):
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self.upstreams = {"default": urllib.parse.urlsplit(upstream_url),
                           "sdb": urllib.parse.urlsplit(sdb_upstream_url or upstream_url)}
         self.fault_share = fault_share
         self.fault_services = fault_services
+        self.throttle_share = throttle_share
         self.requests: collections.Counter = collections.Counter()
         self.faults: collections.Counter = collections.Counter()
         self._random = random.Random(seed)
@@ -157,7 +161,7 @@ class FaultProxy(http.server.ThreadingHTTPServer):
                 return None
             if self._random.random() >= self.fault_share:
                 return None
-            throttle = self._random.random() < 0.5
+            throttle = self._random.random() < self.throttle_share
             self.faults[(service, "throttle" if throttle else "500")] += 1
             return throttle
 
@@ -230,9 +234,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         elif not any(name.lower() == "content-length" for name, _ in headers):
             self.send_header("Content-Length", "0")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up on this request
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -305,3 +305,23 @@ def test_heartbeat_of_a_cancelled_job_is_a_conflict(service):
     service.cancel(held.id)
     with pytest.raises(ConflictError):
         service.heartbeat(held, lease_s=60)
+
+
+def test_a_create_retried_after_its_answer_was_lost_is_not_a_conflict(tmp_path):
+    # The store applied the first create but the answer never arrived; the
+    # retry then finds the job already there. It is the same request, so
+    # submit succeeds instead of leaving a PENDING job nobody queued.
+    from core.jobs import Job
+    from core.jobservice import JobService
+    from core.sqlite_queue import SQLiteQueue
+    from core.sqlite_store import SQLiteJobStore
+
+    path = str(tmp_path / "db.sqlite3")
+    store = SQLiteJobStore(path)
+    service = JobService(store, SQLiteQueue(path, "new"), SQLiteQueue(path, "states"))
+    job = Job(id="abc", source="file:///a", destination="file:///b", options={"x": 1})
+    store.create_job(job)
+    assert service._create(job).id == "abc"
+    other = Job(id="abc", source="file:///other", destination="file:///b", options={"x": 1})
+    with pytest.raises(ConflictError):
+        service._create(other)

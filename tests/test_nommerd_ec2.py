@@ -5,8 +5,10 @@ server), all behind one endpoint (tests/fault_proxy.py), real ffmpeg."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
@@ -179,6 +181,13 @@ def encoder_factory(tmp_path, cloud):
         daemon.stop()
 
 
+def encoding_ffmpeg(encoder: Nommerd, view: Nommerd, job_id: str) -> list[int]:
+    """The pids of the ffmpeg that encodes `job_id` (not the one that probes
+    the source first): once `view`'s store shows progress, nommerd's children."""
+    wait_for(lambda: view.job(job_id).progress > 0, 30, "encoding to make progress")
+    return wait_for(encoder.ffmpeg_children, 20, "ffmpeg to be running")
+
+
 def instance_state(ec2, instance_id: str) -> str:
     reservation = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
     return reservation["Instances"][0]["State"]["Name"]
@@ -210,8 +219,7 @@ def test_spot_interruption_notice_gives_the_job_back_at_once_and_exits_0(
     encoder = encoder_factory(metadata.url, args=["--stop-grace-s", "600"])
     job = encoder.jobs.submit(long_clip_uri, f"s3://{bucket}/out/spot.mp4",
                               passes(preset="veryslow"))
-    encoder.wait_state(job.id, {JobState.ENCODING})
-    ffmpeg_pids = wait_for(encoder.ffmpeg_children, 20, "ffmpeg to start")
+    ffmpeg_pids = encoding_ffmpeg(encoder, encoder, job.id)
 
     metadata.spot_action = {"action": "terminate", "time": "2030-01-01T00:02:00Z"}
 
@@ -268,3 +276,70 @@ def test_with_a_node_id_it_works_without_metadata(encoder_factory, clip_uri, buc
     assert encoder.proc.poll() is None
     log = encoder.log_path.read_text()
     assert log.count("cannot check for a Spot interruption notice") == 1, "warned once, not in a loop"
+
+
+def test_aws_outage_is_logged_and_waited_out_and_the_job_then_finishes(
+        tmp_path, moto_server, simpledb_server, metadata, instance, clip_uri, bucket):
+    with FaultProxy(moto_server.endpoint_url, simpledb_server.endpoint_url,
+                    throttle_share=0.0) as endpoint:
+        env = aws_env(endpoint.url, "dynamodb", tmp_path / "data", unique_name("outage"),
+                      NOMMER_IMDS_URL=metadata.url)
+        encoder = Nommerd(env, tmp_path / "nommerd.log", [])
+        # The test's own view of the cluster goes to moto directly, past the outage.
+        direct = Nommerd(dict(env, NOMMER_AWS_ENDPOINT_URL=moto_server.endpoint_url),
+                         tmp_path / "unused.log", [])
+        try:
+            encoder.start()
+            wait_for(direct.backends.store.list_nodes, 30, "nommerd to report itself")
+
+            endpoint.fault_share = 1.0  # every call answered 500: AWS is down
+            wait_for(lambda: encoder.log_path.read_text().count("queue or store failed") >= 2,
+                     60, "nommerd to notice the outage twice")
+            job = direct.jobs.submit(clip_uri, f"s3://{bucket}/out/after-outage.mp4", passes())
+            assert encoder.proc.poll() is None
+            endpoint.fault_share = 0.0
+
+            done = direct.wait_state(job.id, {JobState.FINISHED, JobState.ERROR}, timeout_s=60)
+        finally:
+            encoder.stop()
+            direct.stop()
+
+    assert done.state is JobState.FINISHED, done.state_details
+    assert done.node == instance and done.attempts == 1
+    delays = [float(found) for found in re.findall(r"queue or store failed: .*; retrying in "
+                                                   r"([\d.]+) s", encoder.log_path.read_text())]
+    assert delays[:2] == [0.5, 1.0], "it backs off, doubling the wait"
+
+
+def test_encoder_that_cannot_renew_its_lease_stops_encoding_before_the_lease_runs_out(
+        tmp_path, moto_server, simpledb_server, metadata, instance, long_clip_uri, bucket):
+    with FaultProxy(moto_server.endpoint_url, simpledb_server.endpoint_url,
+                    throttle_share=0.0) as endpoint:
+        env = aws_env(endpoint.url, "dynamodb", tmp_path / "data", unique_name("lease"),
+                      NOMMER_IMDS_URL=metadata.url)
+        encoder = Nommerd(env, tmp_path / "nommerd.log", [])
+        direct = Nommerd(dict(env, NOMMER_AWS_ENDPOINT_URL=moto_server.endpoint_url),
+                         tmp_path / "unused.log", [])
+        try:
+            encoder.start()
+            job = direct.jobs.submit(long_clip_uri, f"s3://{bucket}/out/lease.mp4",
+                                     passes(preset="veryslow"))
+            ffmpeg_pids = encoding_ffmpeg(encoder, direct, job.id)
+
+            endpoint.fault_share = 1.0  # the store and the queue stop answering
+            lease_ends_at = direct.job(job.id).lease_expires_at
+            wait_for(lambda: not any(is_running(pid) for pid in ffmpeg_pids), 20,
+                     "ffmpeg to be stopped")
+            stopped_at = datetime.now(timezone.utc)
+            endpoint.fault_share = 0.0
+            # The job is not lost: once the lease has run out it is taken up again.
+            again = wait_for(lambda: (j := direct.job(job.id)).attempts == 2 and j, 40,
+                             "the job to be claimed again")
+            direct.jobs.cancel(job.id)
+        finally:
+            encoder.stop()
+            direct.stop()
+
+    assert stopped_at < lease_ends_at, "stopped before another encoder could take the job"
+    assert "lease not renewed and about to run out" in encoder.log_path.read_text()
+    assert again.node == instance
