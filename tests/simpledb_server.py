@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import simpledb_select
+from processes import stop_process
 
 NAMESPACE = "http://sdb.amazonaws.com/doc/2009-04-15/"
 API_VERSION = "2009-04-15"
@@ -551,13 +552,7 @@ class SimpleDBServer:
         self.endpoint_url = line.split()[-1]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.process.stdout.close()
         self._log.close()
 

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from processes import stop_process
+
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 START_TIMEOUT_S = 15.0
 # sshd (as root) needs its privilege separation folder; systemd normally
@@ -117,11 +119,5 @@ class TestSshd:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self._log.close()

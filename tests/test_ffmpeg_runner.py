@@ -16,6 +16,7 @@ from core.media import ffmpeg_path, make_sample_clip, probe
 from core.settings import Settings
 from nommerd.ffmpeg import (ALLOWED_DEMUXERS, EncodeCancelled, FFmpegRunner, ProgressParser,
                             build_pass_argvs, check_source, failure_reason, output_name)
+from processes import live_processes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -209,19 +210,7 @@ def test_progress_parser_reads_microseconds_and_the_end():
 # --- cancel -----------------------------------------------------------------
 
 def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is the state, fields[2] the process group; zombies are already dead.
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+    return [pid for pid, _, group in live_processes() if group == pgid]
 
 
 def _run_in_thread(runner, argv, duration_s=None, on_progress=None):

@@ -17,6 +17,7 @@ from core.backends import open_backends
 from core.jobs import JobState
 from core.media import ffmpeg_path, make_sample_clip, probe
 from core.settings import Settings, load
+from processes import live_processes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,18 +54,7 @@ def wait_for(predicate, timeout_s: float, what: str):
 
 def children_of(pid: int) -> list[int]:
     """Live (non-zombie) processes whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+    return [child for child, parent, _ in live_processes() if parent == pid]
 
 
 def is_running(pid: int) -> bool:
