@@ -110,7 +110,7 @@ class LocalSystem:
         self.stop()
 
 
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
+def wait_for(predicate, timeout_s: float, what: str = "condition", interval_s: float = 0.1):
     """Call `predicate` until it returns a truthy value; raise TimeoutError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -6,11 +6,11 @@ import random
 import shutil
 import signal
 import threading
-import time
 
 import pytest
 
 from core.jobs import MAX_DETAILS_CHARS
+from core.local_system import wait_for
 from core.errors import MediaError
 from core.media import ffmpeg_path, make_sample_clip, probe
 from core.settings import Settings
@@ -227,14 +227,6 @@ def _run_in_thread(runner, argv, duration_s=None, on_progress=None):
     return thread, outcome
 
 
-def _wait_for(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.02)
-
-
 def test_cancel_mid_encode_kills_ffmpeg_and_raises_cancelled(ffmpeg, tmp_path):
     long_clip = make_sample_clip(ffmpeg, str(tmp_path / "long"), duration_s=20, size="640x480")
     started = threading.Event()
@@ -264,12 +256,12 @@ def test_cancel_kills_the_whole_process_group(tmp_path):
     thread, outcome = _run_in_thread(runner, ["/bin/sh", "-c", "sleep 60 & sleep 60; wait"])
     pid = None
     try:
-        _wait_for(lambda: runner.pid and len(_group_members(runner.pid)) == 3, 10, "sh and two sleeps")
+        wait_for(lambda: runner.pid and len(_group_members(runner.pid)) == 3, 10, "sh and two sleeps")
         pid = runner.pid
         runner.cancel()
         thread.join(timeout=10)
         assert isinstance(outcome.get("error"), EncodeCancelled)
-        _wait_for(lambda: _group_members(pid) == [], 5, "the group to die")
+        wait_for(lambda: _group_members(pid) == [], 5, "the group to die")
     finally:
         if pid and _group_members(pid):
             os.killpg(pid, signal.SIGKILL)

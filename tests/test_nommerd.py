@@ -15,6 +15,7 @@ import pytest
 
 from core.backends import open_backends
 from core.jobs import JobState
+from core.local_system import wait_for
 from core.media import ffmpeg_path, make_sample_clip, probe
 from core.settings import Settings, load
 from processes import live_processes
@@ -39,17 +40,6 @@ def passes(two_pass=False, preset="ultrafast"):
     first = {"infile_options": [], "outfile_options": video + [["an", None], ["f", "mp4"]]}
     return {"nommer": "media_nommer.ec2nommerd.nommers.ffmpeg.FFmpegNommer",
             "options": [first, last] if two_pass else [last]}
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s} s for {what}")
-        time.sleep(0.05)
 
 
 def children_of(pid: int) -> list[int]:

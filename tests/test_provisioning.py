@@ -24,6 +24,7 @@ from core.ec2_fleet import encoder_user_data
 from core.settings import Settings
 from nommerd.daemon import RELEASE_WAIT_S
 from core.errors import ConfigError
+from core.local_system import wait_for
 from provisioning.hostcheck import check_supervisord
 from provisioning.layout import ENCODER_STOP_GRACE_S, EncoderLayout, FeederLayout
 from provisioning.render import render_encoder_supervisord, render_feeder_supervisord
@@ -315,17 +316,6 @@ def _encoder_environment(root: Path, wheelhouse: Path | None) -> dict[str, str]:
     return env
 
 
-def _wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_user_data_writes_the_settings_where_the_ami_nommerd_reads_them():
     user_data = encoder_user_data(Settings(backend="aws", ec2_ami_id="ami-1"))
     document = json.loads(user_data.split("\n", 1)[1])
@@ -364,7 +354,7 @@ def test_encoder_install_script_installs_nommerd_that_the_user_data_starts(tmp_p
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ctl = [str(tmp_path / "bin" / "supervisorctl")]
     try:
-        _wait_for(lambda: subprocess.run(ctl + ["pid"], capture_output=True, text=True,
+        wait_for(lambda: subprocess.run(ctl + ["pid"], capture_output=True, text=True,
                                          timeout=30).stdout.strip().isdigit(),
                   30, "the encoder's supervisord")
         assert "STOPPED" in subprocess.run(ctl + ["status"], capture_output=True, text=True,
@@ -379,7 +369,7 @@ def test_encoder_install_script_installs_nommerd_that_the_user_data_starts(tmp_p
         status = subprocess.run(ctl + ["status"], capture_output=True, text=True, timeout=30).stdout
         assert re.search(r"^nommerd:nommerd_00\s+RUNNING", status, re.M), status
         log = tmp_path / "log" / "nommerd.log"
-        _wait_for(lambda: log.exists() and "starting 2 worker(s)" in log.read_text(), 30,
+        wait_for(lambda: log.exists() and "starting 2 worker(s)" in log.read_text(), 30,
                   "nommerd to start its two workers")
         nommerd_pid = _program_pids(status)["nommerd:nommerd_00"]
     finally:
