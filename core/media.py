@@ -106,13 +106,7 @@ def probe(ffmpeg: str, path: str, allowed_formats: Iterable[str] | None = None,
     if allowed_formats is not None:
         argv += ["-format_whitelist", ",".join(allowed_formats)]
     argv += ["-i", f"file:{path}"]
-    try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"reading the media took longer than {timeout_s:g} s") from None
-    except OSError as exc:
-        raise MediaError(f"ffmpeg could not be run: {exc.strerror or exc}") from None
+    done = _run_ffmpeg(argv, timeout_s, "reading the media")
     stderr = done.stderr.decode("utf-8", "replace")
     info = parse_probe(stderr)
     if info is None:
@@ -121,6 +115,18 @@ def probe(ffmpeg: str, path: str, allowed_formats: Iterable[str] | None = None,
             raise MediaError("source is not an allowed media container")
         raise MediaError(f"source is not media that ffmpeg can read: {_open_error(lines, done.returncode)}")
     return info
+
+
+def _run_ffmpeg(argv: list[str], timeout_s: float, doing: str) -> subprocess.CompletedProcess:
+    """Run a short ffmpeg command, stderr captured. Raises MediaError if it
+    cannot start or takes longer than `timeout_s` (`doing` names the step)."""
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"{doing} took longer than {timeout_s:g} s") from None
+    except OSError as exc:
+        raise MediaError(f"ffmpeg could not be run: {exc.strerror or exc}") from None
 
 
 def make_sample_clip(ffmpeg: str, out_path: str, duration_s: float = 5, size: str = "320x240",
@@ -135,13 +141,7 @@ def make_sample_clip(ffmpeg: str, out_path: str, duration_s: float = 5, size: st
             "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={duration_s}",
             "-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p",
             "-c:a", "aac", "-shortest", "-movflags", "+faststart", "-f", "mp4", out_path]
-    try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=SAMPLE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"making the sample clip took longer than {SAMPLE_TIMEOUT_S:g} s") from None
-    except OSError as exc:
-        raise MediaError(f"ffmpeg could not be run: {exc.strerror or exc}") from None
+    done = _run_ffmpeg(argv, SAMPLE_TIMEOUT_S, "making the sample clip")
     if done.returncode != 0:
         tail = " | ".join(error_lines(done.stderr.decode("utf-8", "replace"))[-5:])
         raise MediaError(f"making the sample clip failed: {tail}")
