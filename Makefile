@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-aws install clean
+.PHONY: run test test-fast bench bench-aws install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest
+
+# The in-process suites only; the process and whole-system suites take minutes.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest tests/contract tests/unit
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/embedded.py

@@ -37,8 +37,8 @@ from bench.embedded import (ENCODE, SLOTS, TINY, _finished, _moved, directly, on
                             percentile)
 from core.aws import client as aws_client  # noqa: E402
 from core.backends import open_backends  # noqa: E402
-from core.cli import ApiClient  # noqa: E402
-from core.local_system import free_port, wait_for  # noqa: E402
+from core.app.cli import ApiClient  # noqa: E402
+from core.app.local_system import free_port, wait_for  # noqa: E402
 from core.media import ffmpeg_path, make_sample_clip  # noqa: E402
 from core.settings import load  # noqa: E402
 

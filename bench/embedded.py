@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.backends import open_backends  # noqa: E402
 from core.jobs import JobState  # noqa: E402
-from core.local_system import LocalSystem, wait_for  # noqa: E402
+from core.app.local_system import LocalSystem, wait_for  # noqa: E402
 from core.media import ffmpeg_path, make_sample_clip, probe  # noqa: E402
 from nommerd.ffmpeg import build_pass_argvs  # noqa: E402
 

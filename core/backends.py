@@ -36,8 +36,8 @@ class Backends:
 def open_backends(settings: Settings) -> Backends:
     """The job store and the two queues for `settings.backend`."""
     if settings.backend == "local":
-        from core.sqlite_queue import SQLiteQueue
-        from core.sqlite_store import SQLiteJobStore
+        from core.queues.sqlite import SQLiteQueue
+        from core.stores.sqlite import SQLiteJobStore
 
         settings.data_path.mkdir(parents=True, exist_ok=True)
         path = str(settings.database_path)
@@ -55,12 +55,12 @@ def open_backends(settings: Settings) -> Backends:
                                       poll_interval_s=settings.local_queue_poll_ms / 1000),
             settings=settings,
         )
-    from core.sqs_queue import SQSQueue
+    from core.queues.sqs import SQSQueue
 
     if settings.aws_store == "dynamodb":
-        from core.dynamodb_store import DynamoDBJobStore as AWSStore
+        from core.stores.dynamodb import DynamoDBJobStore as AWSStore
     else:
-        from core.simpledb_store import SimpleDBJobStore as AWSStore
+        from core.stores.simpledb import SimpleDBJobStore as AWSStore
     return Backends(
         store=AWSStore.from_settings(settings),
         new_jobs=SQSQueue.from_settings(settings, settings.sqs_new_job_queue_name,
@@ -74,9 +74,9 @@ def open_backends(settings: Settings) -> Backends:
 def open_fleet(settings: Settings) -> Fleet:
     """The encoder fleet for `settings.backend`."""
     if settings.backend == "local":
-        from core.supervisor_fleet import SupervisorFleet
+        from core.fleets.supervisor import SupervisorFleet
 
         return SupervisorFleet(settings.supervisor_url, settings.supervisor_program)
-    from core.ec2_fleet import EC2Fleet
+    from core.fleets.ec2 import EC2Fleet
 
     return EC2Fleet.from_settings(settings)

@@ -139,7 +139,7 @@ def _check_http(parts: urllib.parse.SplitResult, field: str, settings: Settings)
 
 
 def _check_s3(parts: urllib.parse.SplitResult, field: str, settings: Settings) -> None:
-    from core.s3_storage import parse_s3_uri
+    from core.storage.s3 import parse_s3_uri
 
     parse_s3_uri(parts.geturl(), field)
 

@@ -41,7 +41,7 @@ from core.interfaces import Node
 from core.jobs import utcnow
 from core.media import ffmpeg_path
 from core.settings import Settings, load
-from core.storage import storage_for
+from core.storage.router import storage_for
 from nommerd import ec2
 from nommerd.worker import Control, Worker
 

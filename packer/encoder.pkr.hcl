@@ -1,6 +1,6 @@
 // The public encoder AMI: Debian 12 with media-nommer installed in a
 // virtualenv and supervisord running a `nommerd` program that waits for the
-// instance's user data (core/ec2_fleet.py) to write its settings and start it.
+// instance's user data (core/fleets/ec2.py) to write its settings and start it.
 //
 // Written for Packer 1.6.6 (Debian's packer, which CI validates with) and
 // current Packer alike: nothing here needs `packer init`. A current Packer
@@ -37,7 +37,7 @@ source "amazon-ebs" "encoder" {
   // `metadata_options`, so the image is marked imdsSupport=v2.0 after the
   // build by `fab build-ami` (ModifyImageAttribute; see docs/provisioning.md
   // for a hand build). Encoders are launched with IMDSv2 required in any
-  // case (core/ec2_fleet.py), and nommerd only speaks IMDSv2.
+  // case (core/fleets/ec2.py), and nommerd only speaks IMDSv2.
 
   launch_block_device_mappings {
     device_name = "/dev/xvda"

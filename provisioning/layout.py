@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import PurePosixPath
 
-from core.ec2_fleet import NOMCONF_PATH
+from core.fleets.ec2 import NOMCONF_PATH
 
 DEFAULT_PREFIX = "/opt/media-nommer"
 # The environment variable that overrides DEFAULT_PREFIX for the fab tasks.
@@ -118,7 +118,7 @@ class EncoderLayout:
     """An encoder instance's files. The defaults are the AMI's; the install
     script may move every one of them (into a temporary folder, in tests).
 
-    `etc_dir` defaults to the folder of core.ec2_fleet.NOMCONF_PATH: the
+    `etc_dir` defaults to the folder of core.fleets.ec2.NOMCONF_PATH: the
     user data writes the settings file there and the nommerd program reads
     it from there, so both sides name the same file by construction.
     """

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from aws_fixtures import moto_server, unique_name  # noqa: F401  (moto_server: a fixture)
-from simpledb_server import simpledb_server  # noqa: F401  (a fixture)
-from core.sqlite_queue import SQLiteQueue
-from core.sqlite_store import SQLiteJobStore
+from tests.fixtures.aws import moto_server, unique_name  # noqa: F401  (moto_server: a fixture)
+from tests.fixtures.simpledb_server import simpledb_server  # noqa: F401  (a fixture)
+from core.queues.sqlite import SQLiteQueue
+from core.stores.sqlite import SQLiteJobStore
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = TESTS_DIR.parent
@@ -83,7 +83,7 @@ class SQSBackend:
                 "endpoint_url": self.endpoint_url, "prefix": self.prefix}
 
     def queue(self, name: str, **options):
-        from core.sqs_queue import SQSQueue
+        from core.queues.sqs import SQSQueue
 
         return SQSQueue(self._client, f"{self.prefix}-{name}", **options)
 
@@ -118,7 +118,7 @@ class SimpleDBBackend:
                 "endpoint_url": self.endpoint_url, "prefix": self.prefix}
 
     def store(self):
-        from core.simpledb_store import SimpleDBJobStore
+        from core.stores.simpledb import SimpleDBJobStore
 
         return SimpleDBJobStore(self._client, f"{self.prefix}-jobs", f"{self.prefix}-nodes")
 
@@ -153,7 +153,7 @@ class DynamoDBBackend:
                 "endpoint_url": self.endpoint_url, "prefix": self.prefix}
 
     def store(self):
-        from core.dynamodb_store import DynamoDBJobStore
+        from core.stores.dynamodb import DynamoDBJobStore
 
         return DynamoDBJobStore(self._client, f"{self.prefix}-jobs", f"{self.prefix}-nodes")
 
@@ -179,7 +179,7 @@ def open_backend(recipe: dict):
 def _start_python(code: str, *args: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(PROJECT_DIR), str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        [str(PROJECT_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=str(PROJECT_DIR),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

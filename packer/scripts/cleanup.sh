@@ -3,7 +3,7 @@
 #
 # cloud-init's state is cleared so that every instance launched from the
 # image runs its own user data from a clean slate (the settings file and the
-# nommerd start of core/ec2_fleet.py); the uploaded wheelhouse and apt's
+# nommerd start of core/fleets/ec2.py); the uploaded wheelhouse and apt's
 # cache only cost disk space.
 set -euo pipefail
 

@@ -2,7 +2,7 @@
 # Install the media-nommer encoder on the AMI's build machine (Debian 12):
 # a system user, Python with the project in a virtualenv, and supervisord
 # with a `nommerd` program that the instance's user data starts once it has
-# written the cluster settings (see core/ec2_fleet.py, encoder_user_data).
+# written the cluster settings (see core/fleets/ec2.py, encoder_user_data).
 #
 # ffmpeg comes from the project's own dependency imageio-ffmpeg, whose wheel
 # carries a static ffmpeg build: the encoder runs the very binary the tests

@@ -1,0 +1,1 @@
+"""The application: the `nommer` command and the one-machine launcher."""

@@ -1,0 +1,195 @@
+"""`nommer`: run the system, try it with a sample clip, submit and follow jobs."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from core import settings as settings_module
+from core.errors import NommerError
+
+TERMINAL = {"FINISHED", "ERROR", "ABANDONED", "CANCELLED"}
+
+# The original's documented nommer name; clients keep sending it.
+FFMPEG_NOMMER = "media_nommer.ec2nommerd.nommers.ffmpeg.FFmpegNommer"
+
+
+class ApiClient:
+    """A small client of the JSON API (what an application would write)."""
+
+    def __init__(self, base_url: str, token: str = "", timeout_s: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            try:
+                return json.load(exc)
+            except ValueError:
+                raise NommerError(f"{method} {path}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise NommerError(f"cannot reach the API at {self.base_url}: {exc}") from None
+
+    def submit(self, source: str, destination: str, passes: list[dict],
+               notify_url: str | None = None) -> str:
+        body = {"source_path": source, "dest_path": destination,
+                "job_options": {"nommer": FFMPEG_NOMMER, "options": passes}}
+        if notify_url:
+            body["notify_url"] = notify_url
+        answer = self._request("POST", "/job/submit/", body)
+        if not answer.get("success"):
+            raise NommerError(f"job refused: {answer.get('message')}")
+        return answer["job_id"]
+
+    def job(self, job_id: str) -> dict:
+        answer = self._request("GET", f"/jobs/{job_id}")
+        if not answer.get("success"):
+            raise NommerError(answer.get("message", "unknown job"))
+        return answer["job"]
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self._request("GET", "/health").get("success"):
+                    return
+            except NommerError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+
+def h264_passes(two_pass: bool = False) -> list[dict]:
+    """Sensible H.264/AAC MP4 options in the original's pass format."""
+    video = [["c:v", "libx264"], ["preset", "veryfast"], ["b:v", "800k"], ["pix_fmt", "yuv420p"]]
+    if not two_pass:
+        return [{"infile_options": [], "move_atom_to_front": True,
+                 "outfile_options": video + [["c:a", "aac"], ["b:a", "128k"]]}]
+    return [
+        {"infile_options": [], "outfile_options": video + [["an", None], ["f", "mp4"]]},
+        {"infile_options": [], "move_atom_to_front": True,
+         "outfile_options": video + [["c:a", "aac"], ["b:a", "128k"]]},
+    ]
+
+
+def follow(client: ApiClient, job_id: str, timeout_s: float, out=sys.stdout) -> dict:
+    """Print a progress line until the job ends; return the final job."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        job = client.job(job_id)
+        line = f"{job['state']:<11} {job['progress']:3d}% " + "#" * (job["progress"] // 4)
+        if line != last:
+            out.write("\r" + line.ljust(40))
+            out.flush()
+            last = line
+        if job["state"] in TERMINAL:
+            out.write("\n")
+            return job
+        if time.monotonic() > deadline:
+            out.write("\n")
+            raise NommerError(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
+        time.sleep(0.25)
+
+
+def _client(settings) -> ApiClient:
+    return ApiClient(f"http://{settings.api_host}:{settings.api_port}", settings.api_token)
+
+
+def cmd_run(args, settings) -> int:
+    from core.app.launcher import exec_supervisord
+
+    print(f"media-nommer: API on http://{settings.api_host}:{settings.api_port}, "
+          f"data in {settings.data_path.resolve()}; Ctrl-C stops everything", flush=True)
+    exec_supervisord(settings, args.config)
+    return 0  # not reached: supervisord replaced this process
+
+
+def cmd_demo(args, settings) -> int:
+    from core.media import ffmpeg_path, make_sample_clip
+
+    media = settings.file_root_paths[0]
+    sample = media / "samples" / "sample.mp4"
+    if not sample.exists():
+        sample.parent.mkdir(parents=True, exist_ok=True)
+        print(f"making a 10 s sample clip: {sample}")
+        make_sample_clip(ffmpeg_path(settings), str(sample), duration_s=10, size="640x360")
+    destination = media / "output" / f"sample-{int(time.time())}.mp4"
+    client = _client(settings)
+    client.wait_healthy(timeout_s=30)
+    job_id = client.submit(sample.as_uri(), destination.as_uri(), h264_passes(args.two_pass))
+    print(f"job {job_id} submitted")
+    job = follow(client, job_id, timeout_s=args.timeout)
+    if job["state"] != "FINISHED":
+        print(f"job ended {job['state']}: {job['state_details']}", file=sys.stderr)
+        return 1
+    print(f"done: {destination}")
+    return 0
+
+
+def cmd_submit(args, settings) -> int:
+    client = _client(settings)
+    job_id = client.submit(args.source, args.destination, h264_passes(args.two_pass), args.notify_url)
+    print(job_id)
+    if args.follow:
+        job = follow(client, job_id, timeout_s=args.timeout)
+        return 0 if job["state"] == "FINISHED" else 1
+    return 0
+
+
+def cmd_status(args, settings) -> int:
+    print(json.dumps(_client(settings).job(args.job_id), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nommer", description=__doc__)
+    parser.add_argument("--config", help="nomconf.toml (default: $NOMMER_CONFIG, else ./nomconf.toml if present)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start the whole system under supervisord (foreground)")
+    demo = sub.add_parser("demo", help="encode a generated sample clip and follow it to the end")
+    demo.add_argument("--two-pass", action="store_true")
+    demo.add_argument("--timeout", type=float, default=300)
+    submit = sub.add_parser("submit", help="submit an H.264/AAC MP4 job")
+    submit.add_argument("source")
+    submit.add_argument("destination")
+    submit.add_argument("--notify-url")
+    submit.add_argument("--two-pass", action="store_true")
+    submit.add_argument("--follow", action="store_true")
+    submit.add_argument("--timeout", type=float, default=3600)
+    status = sub.add_parser("status", help="show one job")
+    status.add_argument("job_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.config is None and Path("nomconf.toml").exists():
+        args.config = "nomconf.toml"
+    try:
+        settings = settings_module.load(args.config)
+        handler = {"run": cmd_run, "demo": cmd_demo, "submit": cmd_submit,
+                   "status": cmd_status}[args.command]
+        return handler(args, settings)
+    except NommerError as exc:
+        print(f"nommer: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

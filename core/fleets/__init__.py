@@ -1,0 +1,1 @@
+"""Encoder fleets: supervisord slots on one machine, EC2 instances on AWS."""

@@ -1,0 +1,1 @@
+"""Job stores: where job records live (SQLite, SimpleDB, DynamoDB) and the codec they share."""

@@ -1,0 +1,300 @@
+"""The SimpleDB job store: one item per job in the jobs domain (the
+original's `media_nommer`), one item per encoder in the nodes domain
+(`media_nommer_ec2nommer_state`).
+
+SimpleDB keeps strings only, compares them lexicographically, and caps
+every name and value at 1024 bytes. So, for each job item:
+
+- numbers are zero-padded to ten digits (`version`, `progress`, `attempts`)
+  and times are ISO-8601 UTC of fixed width, so string order is number and
+  time order;
+- `created_key` is "<created_at>|<id>": the one attribute that orders jobs
+  newest first with a tie-break (a select sorts on one attribute only);
+- text fields (source, destination, notify_url, node, state_details and
+  the options as JSON) are stored as JSON strings, so None, "" and control
+  characters survive and every stored character is printable ASCII, cut
+  into 1024-byte chunks `F__0`, `F__1`, ... with their number in `F__count`.
+  A later, shorter value leaves unused chunks behind; `F__count` says how
+  many count, so one PutAttributes call always writes a whole job.
+
+Every read is a consistent read. Every write of a job is one PutAttributes
+conditional on the stored `version` (`Expected`). botocore errors are
+translated by core.aws.aws_errors: a lost condition is ConflictError, the
+rest BackendError.
+"""
+from __future__ import annotations
+
+import json
+
+from core.aws import aws_errors, client as aws_client
+from core.errors import ConflictError, NotFound, ValidationError
+from core.interfaces import JobStore, Node
+from core.jobs import Job, JobState
+from core.settings import Settings
+from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
+
+CHUNK_BYTES = 1024
+# AWS's cap on the name-value pairs of one item and of one PutAttributes call.
+MAX_ITEM_ATTRIBUTES = 256
+# A select answers at most 2500 items a page.
+MAX_SELECT_LIMIT = 2500
+_NUMBER_DIGITS = 10
+_TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options")
+
+
+def _sdb_time(value) -> str:
+    # SimpleDB has no null: an empty string stands for "no time".
+    return time_to_text(value) or ""
+
+
+def _number(value: int) -> str:
+    return f"{value:0{_NUMBER_DIGITS}d}"
+
+
+def _quote(value: str) -> str:
+    """A select string literal: a quote inside is doubled, so no value can end
+    the literal early and change the query."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _name(name: str) -> str:
+    """A select name in backticks (a backtick inside is doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _chunks(field: str, value) -> list[tuple[str, str]]:
+    text = json.dumps(value, sort_keys=True)  # ASCII only: one byte a character
+    parts = [text[start:start + CHUNK_BYTES] for start in range(0, len(text), CHUNK_BYTES)]
+    return [(f"{field}__count", str(len(parts)))] + [
+        (f"{field}__{index}", part) for index, part in enumerate(parts)]
+
+
+def _joined(attrs: dict[str, str], field: str):
+    count = int(attrs[f"{field}__count"])
+    return json.loads("".join(attrs[f"{field}__{index}"] for index in range(count)))
+
+
+def _created_key(job: Job) -> str:
+    return f"{_sdb_time(job.created_at)}|{job.id}"
+
+
+def _job_attributes(job: Job, version: int) -> list[tuple[str, str]]:
+    pairs = [
+        ("version", _number(version)),
+        ("state", JobState(job.state).value),
+        ("progress", _number(job.progress)),
+        ("attempts", _number(job.attempts)),
+        ("created_at", _sdb_time(job.created_at)),
+        ("updated_at", _sdb_time(job.updated_at)),
+        ("lease_expires_at", _sdb_time(job.lease_expires_at)),
+        ("created_key", _created_key(job)),
+    ]
+    for field in _TEXT_FIELDS:
+        pairs.extend(_chunks(field, getattr(job, field)))
+    if len(pairs) > MAX_ITEM_ATTRIBUTES:
+        raise ValidationError(f"job {job.id} is too large for SimpleDB "
+                              f"({len(pairs)} attributes, at most {MAX_ITEM_ATTRIBUTES})")
+    return pairs
+
+
+def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
+    return Job(
+        id=job_id, source=_joined(attrs, "source"), destination=_joined(attrs, "destination"),
+        options=_joined(attrs, "options"), notify_url=_joined(attrs, "notify_url"),
+        state=JobState(attrs["state"]), state_details=_joined(attrs, "state_details"),
+        progress=int(attrs["progress"]), attempts=int(attrs["attempts"]),
+        node=_joined(attrs, "node"),
+        created_at=text_to_time(attrs["created_at"]),
+        updated_at=text_to_time(attrs["updated_at"]),
+        lease_expires_at=text_to_time(attrs["lease_expires_at"]),
+        version=int(attrs["version"]),
+    )
+
+
+def _as_dict(attributes: list[dict]) -> dict[str, str]:
+    # Every attribute this store writes replaces the old value, so each
+    # name has one value.
+    return {attr["Name"]: attr["Value"] for attr in attributes}
+
+
+def _encode_cursor(created_key: str) -> str:
+    return encode_cursor(*created_key.split("|", 1))
+
+
+def _decode_cursor(cursor: str) -> str:
+    """The created_key of the last job of the previous page. Raises ValidationError."""
+    return "|".join(decode_cursor(cursor))
+
+
+class SimpleDBJobStore(JobStore):
+    """JobStore in two SimpleDB domains (created if missing).
+
+    `client` is a boto3 "sdb" client. Every method raises BackendError when
+    SimpleDB fails (after botocore's retries) or cannot be reached.
+    """
+
+    def __init__(self, client, jobs_domain: str, nodes_domain: str):
+        self._client = client
+        self._owns_client = False
+        self.jobs_domain = jobs_domain
+        self.nodes_domain = nodes_domain
+        for domain in (jobs_domain, nodes_domain):
+            self._ensure_domain(domain)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "SimpleDBJobStore":
+        """The store in the domains the settings name, through core.aws.client."""
+        store = cls(aws_client(settings, "sdb"), settings.simpledb_job_state_domain,
+                    settings.simpledb_ec2_nommer_state_domain)
+        store._owns_client = True
+        return store
+
+    def close(self) -> None:
+        """Close the client if this store made it (from_settings)."""
+        if self._owns_client:
+            self._client.close()
+
+    def create_job(self, job: Job) -> Job:
+        """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
+        pairs = _job_attributes(job, version=1)
+        try:
+            self._put(job.id, pairs, {"Name": "version", "Exists": False}, "create job")
+        except ConflictError:
+            raise ConflictError(f"job {job.id} already exists") from None
+        return _job_from_attributes(job.id, dict(pairs))
+
+    def get_job(self, job_id: str) -> Job:
+        """The stored job, read consistently. Raises NotFound."""
+        with aws_errors("get job"):
+            answer = self._client.get_attributes(DomainName=self.jobs_domain, ItemName=job_id,
+                                                 ConsistentRead=True)
+        attrs = _as_dict(answer.get("Attributes", []))
+        if "version" not in attrs:
+            raise NotFound(f"job {job_id} not found")
+        return _job_from_attributes(job_id, attrs)
+
+    def update_job(self, job: Job, expected_version: int) -> Job:
+        """Write every field of `job` if the stored version is `expected_version`.
+
+        Returns the job as stored (version = expected_version + 1). Raises
+        ConflictError if the version moved on, NotFound if the job is gone.
+        """
+        # The race: encoders A and B both read version v and both send
+        # "PutAttributes(version = v + 1, ...) Expected version = v".
+        # SimpleDB applies conditional puts to an item one at a time: the
+        # first finds v and writes v + 1; the second finds v + 1, not v, and
+        # gets ConditionalCheckFailed, so it loses and writes nothing.
+        #
+        #   A: read v ----- put if v -> ok (v + 1)
+        #   B: read v ------------------- put if v -> ConditionalCheckFailed
+        #
+        # A job that is gone has no version: AttributeDoesNotExist, NotFound.
+        pairs = _job_attributes(job, version=expected_version + 1)
+        expected = {"Name": "version", "Value": _number(expected_version), "Exists": True}
+        try:
+            self._put(job.id, pairs, expected, "update job")
+        except ConflictError:
+            raise ConflictError(f"job {job.id} changed since version {expected_version}") from None
+        except NotFound:
+            raise NotFound(f"job {job.id} not found") from None
+        return _job_from_attributes(job.id, dict(pairs))
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 50,
+                  cursor: str | None = None) -> tuple[list[Job], str | None]:
+        """Jobs newest first (by created_at, then id), optionally of one state.
+
+        One select sorted on `created_key`; a cursor continues strictly after
+        the last job seen (keyset paging), so jobs created meanwhile never
+        shift a page. Returns (page of at most `limit` jobs, next cursor or
+        None). Raises ValidationError for a bad cursor or limit < 1.
+        """
+        if limit < 1:
+            raise ValidationError("limit must be at least 1")
+        where = [f"{_name('created_key')} < {_quote(_decode_cursor(cursor))}" if cursor
+                 else f"{_name('created_key')} is not null"]
+        if state is not None:
+            where.insert(0, f"{_name('state')} = {_quote(JobState(state).value)}")
+        wanted = limit + 1  # one more than asked tells whether a next page exists
+        expression = (f"select * from {_name(self.jobs_domain)} where {' and '.join(where)} "
+                      f"order by {_name('created_key')} desc "
+                      f"limit {min(wanted, MAX_SELECT_LIMIT)}")
+        items = self._select(expression, "list jobs", stop_after=wanted)
+        page = [_job_from_attributes(item["Name"], _as_dict(item.get("Attributes", [])))
+                for item in items[:limit]]
+        if len(items) <= limit:
+            return page, None
+        return page, _encode_cursor(_created_key(page[-1]))
+
+    def count_jobs(self, states: frozenset[JobState]) -> int:
+        """How many jobs are in any of `states` (0 for no states)."""
+        if not states:
+            return 0
+        values = ", ".join(_quote(JobState(s).value) for s in sorted(states))
+        expression = (f"select count(*) from {_name(self.jobs_domain)} "
+                      f"where {_name('state')} in ({values})")
+        # A count that runs long comes back partial with a NextToken: add the parts.
+        return sum(int(_as_dict(item["Attributes"])["Count"])
+                   for item in self._select(expression, "count jobs"))
+
+    def put_node(self, node: Node) -> None:
+        """Create or replace the report of encoder `node.id` (the original's attributes)."""
+        pairs = [("id", node.id), ("state", node.state),
+                 ("active_jobs", _number(node.active_jobs)),
+                 ("last_report_dtime", _sdb_time(node.last_report)),
+                 ("started_at", _sdb_time(node.started_at))]
+        with aws_errors("put node"):
+            self._client.put_attributes(
+                DomainName=self.nodes_domain, ItemName=node.id,
+                Attributes=[{"Name": n, "Value": v, "Replace": True} for n, v in pairs])
+
+    def list_nodes(self) -> list[Node]:
+        """Every encoder report, by id."""
+        items = self._select(f"select * from {_name(self.nodes_domain)}", "list nodes")
+        nodes = []
+        for item in items:
+            attrs = _as_dict(item.get("Attributes", []))
+            nodes.append(Node(id=item["Name"], state=attrs["state"],
+                              active_jobs=int(attrs["active_jobs"]),
+                              last_report=text_to_time(attrs["last_report_dtime"]),
+                              started_at=text_to_time(attrs["started_at"])))
+        return sorted(nodes, key=lambda node: node.id)
+
+    def delete_node(self, node_id: str) -> None:
+        """Forget encoder `node_id`; no error if unknown (SimpleDB's own behaviour)."""
+        with aws_errors("delete node"):
+            self._client.delete_attributes(DomainName=self.nodes_domain, ItemName=node_id)
+
+    def _ensure_domain(self, domain: str) -> None:
+        # CreateDomain of an existing domain is harmless but slow on AWS (it
+        # may take seconds), so every process opening the store asks first.
+        try:
+            with aws_errors(f"domain {domain}"):
+                self._client.domain_metadata(DomainName=domain)
+        except NotFound:
+            with aws_errors(f"create domain {domain}"):
+                self._client.create_domain(DomainName=domain)
+
+    def _put(self, item_name: str, pairs: list[tuple[str, str]], expected: dict,
+             what: str) -> None:
+        with aws_errors(what):
+            self._client.put_attributes(
+                DomainName=self.jobs_domain, ItemName=item_name, Expected=expected,
+                Attributes=[{"Name": n, "Value": v, "Replace": True} for n, v in pairs])
+
+    def _select(self, expression: str, what: str, stop_after: int | None = None) -> list[dict]:
+        """Every item `expression` selects, following NextToken, or the first
+        `stop_after` of them. SimpleDB may end a page early (size or time
+        limits) with a NextToken, so a short page does not mean the end."""
+        items: list[dict] = []
+        token = None
+        while stop_after is None or len(items) < stop_after:
+            request = {"SelectExpression": expression, "ConsistentRead": True}
+            if token:
+                request["NextToken"] = token
+            with aws_errors(what):
+                answer = self._client.select(**request)
+            items.extend(answer.get("Items", []))
+            token = answer.get("NextToken")
+            if not token:
+                break
+        return items

@@ -1,0 +1,208 @@
+"""The embedded job store: jobs and encoder nodes in one SQLite file.
+
+Safe for several processes and threads (see core.sqlite_db). Every write to
+a job is conditional on its version, like SimpleDB's `Expected` or a
+DynamoDB condition expression.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from core.errors import ConflictError, NotFound, ValidationError
+from core.interfaces import JobStore, Node
+from core.jobs import Job, JobState
+from core.sqlite_db import SQLiteDatabase, translate_errors
+from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
+
+# Schema version 1. A later version adds its migration here and bumps the
+# row in schema_versions (shared with the queues, one row per component).
+SCHEMA_VERSION = 1
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS schema_versions (
+        component TEXT PRIMARY KEY,
+        version INTEGER NOT NULL)""",
+    f"INSERT OR IGNORE INTO schema_versions VALUES ('jobs', {SCHEMA_VERSION})",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        options TEXT NOT NULL,              -- JSON object
+        notify_url TEXT,
+        state TEXT NOT NULL,
+        state_details TEXT NOT NULL,
+        progress INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        node TEXT,
+        created_at TEXT NOT NULL,           -- ISO-8601 UTC, fixed width
+        updated_at TEXT NOT NULL,
+        lease_expires_at TEXT,
+        version INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        active_jobs INTEGER NOT NULL,
+        last_report TEXT NOT NULL,
+        started_at TEXT NOT NULL)""",
+]
+
+_JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
+                "state_details", "progress", "attempts", "node", "created_at",
+                "updated_at", "lease_expires_at", "version")
+_SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+
+
+def _job_params(job: Job, version: int) -> dict:
+    return {
+        "id": job.id, "source": job.source, "destination": job.destination,
+        "options": json.dumps(job.options, sort_keys=True), "notify_url": job.notify_url,
+        "state": JobState(job.state).value, "state_details": job.state_details,
+        "progress": job.progress, "attempts": job.attempts, "node": job.node,
+        "created_at": time_to_text(job.created_at),
+        "updated_at": time_to_text(job.updated_at),
+        "lease_expires_at": time_to_text(job.lease_expires_at),
+        "version": version,
+    }
+
+
+def _job_from_row(row: tuple) -> Job:
+    values = dict(zip(_JOB_COLUMNS, row))
+    return Job(
+        id=values["id"], source=values["source"], destination=values["destination"],
+        options=json.loads(values["options"]), notify_url=values["notify_url"],
+        state=JobState(values["state"]), state_details=values["state_details"],
+        progress=values["progress"], attempts=values["attempts"], node=values["node"],
+        created_at=text_to_time(values["created_at"]),
+        updated_at=text_to_time(values["updated_at"]),
+        lease_expires_at=text_to_time(values["lease_expires_at"]),
+        version=values["version"],
+    )
+
+
+class SQLiteJobStore(JobStore):
+    """JobStore in the SQLite file at `path` (created if missing).
+
+    Every method raises BackendError when SQLite fails (for example the
+    database stayed locked past the busy timeout, or the disk is full).
+    """
+
+    def __init__(self, path: str):
+        self._db = SQLiteDatabase(path, _SCHEMA)
+
+    def create_job(self, job: Job) -> Job:
+        """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
+        params = _job_params(job, version=1)
+        sql = (f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) "
+               f"VALUES ({', '.join(':' + c for c in _JOB_COLUMNS)})")
+        with translate_errors("create job"):
+            try:
+                self._db.connection().execute(sql, params)
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"job {job.id} already exists") from None
+        return self.get_job(job.id)
+
+    def get_job(self, job_id: str) -> Job:
+        """The stored job. Raises NotFound."""
+        with translate_errors("get job"):
+            row = self._db.connection().execute(f"{_SELECT_JOB} WHERE id = ?",
+                                                (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return _job_from_row(row)
+
+    def update_job(self, job: Job, expected_version: int) -> Job:
+        """Write every field of `job` if the stored version is `expected_version`.
+
+        Returns the job as stored (version = expected_version + 1). Raises
+        ConflictError if the version moved on, NotFound if the job is gone.
+        """
+        # The race: two writers both read version v and both send
+        # "UPDATE ... WHERE id = ? AND version = v". SQLite runs the UPDATEs
+        # one after the other; the first changes the row to v + 1, so the
+        # second matches no row (rowcount 0) and loses.
+        params = _job_params(job, version=expected_version + 1)
+        params["expected_version"] = expected_version
+        assignments = ", ".join(f"{c} = :{c}" for c in _JOB_COLUMNS if c != "id")
+        with translate_errors("update job"):
+            conn = self._db.connection()
+            cursor = conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = :id AND version = :expected_version",
+                params)
+            if cursor.rowcount == 0:
+                exists = conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone()
+                if exists is None:
+                    raise NotFound(f"job {job.id} not found")
+                raise ConflictError(
+                    f"job {job.id} changed since version {expected_version}")
+        return _job_from_row(tuple(params[c] for c in _JOB_COLUMNS))
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 50,
+                  cursor: str | None = None) -> tuple[list[Job], str | None]:
+        """Jobs newest first (by created_at, then id), optionally of one state.
+
+        Returns (page of at most `limit` jobs, cursor for the next page or
+        None when this is the last). Raises ValidationError("bad cursor") for
+        a cursor this store did not hand out, ValidationError if limit < 1.
+        """
+        if limit < 1:
+            raise ValidationError("limit must be at least 1")
+        where, params = [], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(JobState(state).value)
+        if cursor is not None:
+            # Keyset paging: rows strictly after the last one already seen,
+            # so jobs created meanwhile never shift a page.
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(decode_cursor(cursor))
+        sql = _SELECT_JOB
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit + 1)  # one more than asked tells whether a next page exists
+        with translate_errors("list jobs"):
+            rows = self._db.connection().execute(sql, params).fetchall()
+        page = [_job_from_row(row) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return page, None
+        last = rows[limit - 1]
+        return page, encode_cursor(last[_JOB_COLUMNS.index("created_at")], last[0])
+
+    def count_jobs(self, states: frozenset[JobState]) -> int:
+        """How many jobs are in any of `states` (0 for no states)."""
+        if not states:
+            return 0
+        values = sorted(JobState(s).value for s in states)
+        marks = ", ".join("?" for _ in values)
+        with translate_errors("count jobs"):
+            row = self._db.connection().execute(
+                f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", values).fetchone()
+        return row[0]
+
+    def put_node(self, node: Node) -> None:
+        """Create or replace the report of encoder `node.id`."""
+        with translate_errors("put node"):
+            self._db.connection().execute(
+                "INSERT OR REPLACE INTO nodes (id, state, active_jobs, last_report, started_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (node.id, node.state, node.active_jobs,
+                 time_to_text(node.last_report), time_to_text(node.started_at)))
+
+    def list_nodes(self) -> list[Node]:
+        """Every encoder report, by id."""
+        with translate_errors("list nodes"):
+            rows = self._db.connection().execute(
+                "SELECT id, state, active_jobs, last_report, started_at FROM nodes ORDER BY id"
+            ).fetchall()
+        return [Node(id=r[0], state=r[1], active_jobs=r[2], last_report=text_to_time(r[3]),
+                     started_at=text_to_time(r[4])) for r in rows]
+
+    def delete_node(self, node_id: str) -> None:
+        """Forget encoder `node_id`; no error if unknown."""
+        with translate_errors("delete node"):
+            self._db.connection().execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,1 @@
+"""The tests: contract suites, unit tests, one-process tests and whole-system tests."""

@@ -1,0 +1,1 @@
+"""Contract suites: the same tests against every implementation of a seam."""

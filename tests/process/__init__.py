@@ -1,0 +1,1 @@
+"""One program as a real process: the API, the scheduler, nommerd."""

@@ -1,0 +1,63 @@
+"""The live scaler drives real supervisord encoder slots: a backlog starts
+slots, and idle encoders are stopped again (predictive policy) or stop
+themselves (original policy)."""
+from __future__ import annotations
+
+import pytest
+
+from core.app.local_system import LocalSystem, wait_for
+from core.media import ffmpeg_path, make_sample_clip
+
+pytestmark = pytest.mark.timeout(180)
+
+BASE = {
+    "NOMMER_FEEDERD_AUTO_SCALE_INTERVAL": "0.5",
+    "NOMMER_MAX_NUM_EC2_INSTANCES": "2",
+    "NOMMER_BOOT_TIME_ESTIMATE_S": "2",
+    "NOMMER_SCALE_COOLDOWN_S": "1",
+}
+
+
+def running(system) -> set[str]:
+    return {e.id for e in system.fleet().list_encoders() if e.state in {"pending", "running"}}
+
+
+def submit_batch(system, count: int) -> list[str]:
+    src = system.media_dir / "in.mp4"
+    if not src.exists():
+        make_sample_clip(ffmpeg_path(system.settings), str(src), duration_s=2, size="320x240")
+    passes = [{"infile_options": [], "outfile_options": [["c:v", "libx264"], ["preset", "slow"]]}]
+    return [system.client.submit(src.as_uri(), (system.media_dir / f"o{i}.mp4").as_uri(), passes)
+            for i in range(count)]
+
+
+def all_ended(system, ids) -> bool:
+    return all(system.client.job(job_id)["state"] == "FINISHED" for job_id in ids)
+
+
+def test_backlog_starts_slots_and_idle_slots_are_stopped(tmp_path):
+    # A short arrival window: once the batch is over, no warm capacity is kept.
+    env = dict(BASE, NOMMER_SCALING_POLICY="predictive", NOMMER_SCALE_IN_IDLE_S="2",
+               NOMMER_SCALE_ARRIVAL_WINDOW_S="5", NOMMER_NOMMERD_MAX_INACTIVITY="600")
+    with LocalSystem(tmp_path / "sys", env) as system:
+        assert running(system) == set()
+        ids = submit_batch(system, 6)
+        # Six jobs of one slot each: the scaler starts both slots, not more.
+        wait_for(lambda: len(running(system)) == 2, 30, what="both slots started")
+        wait_for(lambda: all_ended(system, ids), 120, interval_s=0.5, what="batch finished")
+        # Idle for scale_in_idle_s: the scaler stops them (nommerd itself would wait 600 s).
+        wait_for(lambda: running(system) == set(), 60, interval_s=0.5, what="slots stopped")
+        assert "stop" in system.log_tail("scaler", 200)
+
+
+def test_original_policy_never_stops_encoders_they_idle_out(tmp_path):
+    env = dict(BASE, NOMMER_SCALING_POLICY="original", NOMMER_NOMMERD_MAX_INACTIVITY="4")
+    with LocalSystem(tmp_path / "sys", env) as system:
+        ids = submit_batch(system, 1)
+        wait_for(lambda: running(system), 30, what="a slot started")
+        wait_for(lambda: all_ended(system, ids), 120, interval_s=0.5, what="job finished")
+        # The encoder exits 0 on its own after 4 idle seconds; supervisord
+        # leaves the slot stopped, and the scaler does not start it again.
+        wait_for(lambda: running(system) == set(), 60, interval_s=0.5, what="encoder idled out")
+        states = {info["name"]: info["statename"] for info in system.supervisor().getAllProcessInfo()}
+        assert "EXITED" in {states["nommerd_00"], states["nommerd_01"]}

@@ -1,0 +1,138 @@
+"""The encoder AMI's Packer template and scripts, checked by the real tools
+(`packer validate` with Debian's packer 1.6.6 in CI, shellcheck), and what
+`fab build-ami` does before it ever reaches AWS."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioning.ami import AmiRequest, ami_from_manifest, packer_variables
+from provisioning.errors import ProvisioningError
+
+pytestmark = pytest.mark.timeout(120)
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+PACKER_DIR = PROJECT_DIR / "packer"
+SCRIPTS = sorted((PACKER_DIR / "scripts").glob("*.sh"))
+FAB = Path(sys.executable).parent / "fab"
+PACKER = shutil.which("packer")
+SHELLCHECK = shutil.which("shellcheck")
+
+needs_packer = pytest.mark.skipif(
+    PACKER is None, reason="packer is not installed (.ci/run installs Debian's packer)")
+
+
+def packer(*arguments: str) -> subprocess.CompletedProcess:
+    # Packer writes its plugin cache and checkpoint state under HOME; the
+    # checkpoint call home would try the network.
+    env = dict(os.environ, CHECKPOINT_DISABLE="1")
+    return subprocess.run([PACKER, *arguments], cwd=PACKER_DIR, env=env, capture_output=True,
+                          text=True, timeout=90)
+
+
+def fake_wheelhouse(folder: Path) -> Path:
+    """A folder named like a wheelhouse: `packer validate` only checks that
+    the folder exists, build-ami reads the version from the wheel's name."""
+    folder.mkdir()
+    (folder / "media_nommer-0.1.0-py3-none-any.whl").write_bytes(b"")
+    return folder
+
+
+@needs_packer
+def test_template_passes_packer_validate(tmp_path):
+    wheels = fake_wheelhouse(tmp_path / "wheelhouse")
+    done = packer("validate", f"-var=wheelhouse_dir={wheels}", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_packer
+def test_every_variable_build_ami_passes_is_declared_with_its_type(tmp_path):
+    wheels = fake_wheelhouse(tmp_path / "wheelhouse")
+    request = AmiRequest(region="eu-west-1", instance_type="c6i.large", ami_name="encoder",
+                         ami_version="7", subnet_id="subnet-0123", public=True)
+    variables = packer_variables(request, wheels, tmp_path / "manifest.json")
+    assert set(variables) >= {"region", "wheelhouse_dir", "manifest_path", "project_version",
+                              "ami_public", "instance_type", "ami_name", "ami_version",
+                              "subnet_id"}
+    done = packer("validate", *[f"-var={key}={value}" for key, value in variables.items()], ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_packer
+def test_template_without_a_wheelhouse_does_not_validate(tmp_path):
+    done = packer("validate", f"-var=wheelhouse_dir={tmp_path / 'missing'}", ".")
+    assert done.returncode != 0
+    assert "missing" in done.stdout + done.stderr
+
+
+@needs_packer
+def test_template_is_packer_formatted():
+    done = packer("fmt", "-check", ".")
+    assert done.returncode == 0, f"run `packer fmt packer/`: {done.stdout}"
+
+
+@pytest.mark.skipif(SHELLCHECK is None,
+                    reason="shellcheck is not installed (.ci/run installs it)")
+def test_provisioning_scripts_pass_shellcheck():
+    assert SCRIPTS, "no scripts in packer/scripts"
+    done = subprocess.run([SHELLCHECK, "--shell=bash", *map(str, SCRIPTS)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+
+
+def _fab_build_ami(tmp_path: Path, path: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AWS_", "NOMMER_"))}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), PATH=path, CHECKPOINT_DISABLE="1",
+               AWS_SHARED_CREDENTIALS_FILE=str(home / "no-credentials"),
+               AWS_CONFIG_FILE=str(home / "no-config"),
+               # No instance metadata service here; do not wait for one.
+               AWS_EC2_METADATA_DISABLED="true")
+    # Run from an empty folder (no ./nomconf.toml); the fabfile is the project's.
+    return subprocess.run([str(FAB), "--search-root", str(PROJECT_DIR), "build-ami",
+                           "--region", "eu-west-1"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=90,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_build_ami_without_packer_says_how_to_get_it(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    done = _fab_build_ami(tmp_path, str(empty))
+    assert done.returncode == 1
+    assert "build-ami failed: cannot run packer on PATH" in done.stderr
+    assert "apt-get install packer" in done.stderr
+    assert "packer plugins install github.com/hashicorp/amazon" in done.stderr
+
+
+@needs_packer
+def test_build_ami_without_aws_credentials_says_so_before_building(tmp_path):
+    done = _fab_build_ami(tmp_path, str(Path(PACKER).parent))
+    assert done.returncode == 1
+    assert "build-ami failed: no AWS credentials found" in done.stderr
+    assert "building the encoder AMI" not in done.stdout
+
+
+def test_manifest_names_the_ami_of_the_last_run(tmp_path):
+    manifest = tmp_path / "packer-manifest.json"
+    manifest.write_text(json.dumps({
+        "builds": [
+            {"name": "encoder", "builder_type": "amazon-ebs", "packer_run_uuid": "run-1",
+             "artifact_id": "eu-west-1:ami-0old"},
+            {"name": "encoder", "builder_type": "amazon-ebs", "packer_run_uuid": "run-2",
+             "artifact_id": "us-east-1:ami-0other,eu-west-1:ami-0new"},
+        ],
+        "last_run_uuid": "run-2"}))
+    assert ami_from_manifest(manifest, "eu-west-1") == "ami-0new"
+    with pytest.raises(ProvisioningError, match="no AMI in ap-south-1"):
+        ami_from_manifest(manifest, "ap-south-1")
+    with pytest.raises(ProvisioningError, match="no readable manifest"):
+        ami_from_manifest(tmp_path / "absent.json", "eu-west-1")
