@@ -6,8 +6,12 @@ Every job is submitted once, up front, so the encoders work through them
 together; each test then waits for its own job and checks its output."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from core.app.launcher import PROJECT_ROOT
 from core.app.local_system import LocalSystem, wait_for
 from core.media import ffmpeg_path, make_sample_clip
 from core.presets import catalogue
@@ -138,3 +142,27 @@ def test_catalogue_preset_produces_what_it_promises(system, jobs, name):
         assert got.duration_s == pytest.approx(CLIP_S, abs=0.1)
     if catalogue()["presets"][name]["container"] == "mp4":
         assert got.moov_first is True
+
+
+def _nommer(system, *args, cwd) -> subprocess.CompletedProcess:
+    env = dict(system.env, PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.run([sys.executable, "-m", "core.app.cli", *args], cwd=str(cwd), env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_nommer_presets_lists_the_catalogue(system):
+    done = _nommer(system, "presets", cwd=system.media_dir)
+    assert done.returncode == 0, done.stderr
+    for name in catalogue()["presets"]:
+        assert name in done.stdout
+    assert "video_bitrate=" in done.stdout
+
+
+def test_nommer_submit_with_a_preset_takes_local_paths(system, jobs):
+    # Relative local paths, as a user types them, become file:// URIs.
+    done = _nommer(system, "submit", "in/clip-320x180.mp4", "out/cli.mp3",
+                   "--preset", "audio-mp3", "--set", "audio_bitrate=96k", "--follow",
+                   "--timeout", "200", cwd=system.media_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = describe(ffmpeg_path(system.settings), str(system.media_dir / "out" / "cli.mp3"))
+    assert got.audio_codec == "mp3" and got.audio_kbps == 96 and got.video_codec is None
