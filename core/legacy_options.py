@@ -16,7 +16,6 @@ accepted and then fail inside ffmpeg.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 
@@ -211,12 +210,14 @@ def translate_job_options(job_options: object, field: str = "job_options") -> ob
     """
     if not isinstance(job_options, dict) or not isinstance(job_options.get("options"), list):
         return job_options
-    translated = copy.deepcopy(job_options)
-    for index, encoding_pass in enumerate(translated["options"]):
-        if not isinstance(encoding_pass, dict):
-            continue
-        pairs = encoding_pass.get("outfile_options")
+    # New containers along the translated path only: what the client sent
+    # stays as it was (the job keeps it), and nothing walks nesting that a
+    # hostile body might make deep.
+    passes = []
+    for index, encoding_pass in enumerate(job_options["options"]):
+        pairs = encoding_pass.get("outfile_options") if isinstance(encoding_pass, dict) else None
         if _well_formed(pairs):
-            encoding_pass["outfile_options"] = _translate_pairs(
-                pairs, f"{field}.options[{index}].outfile_options")
-    return translated
+            encoding_pass = {**encoding_pass, "outfile_options": _translate_pairs(
+                [list(pair) for pair in pairs], f"{field}.options[{index}].outfile_options")}
+        passes.append(encoding_pass)
+    return {**job_options, "options": passes}
