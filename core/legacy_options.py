@@ -73,10 +73,11 @@ def _refuse(old: str, instead: str) -> Translation:
 def unquote_filter_args(graph: str) -> str:
     """`graph` with each quoted span unquoted where the quotes protect nothing.
 
-    The 2011 presets quote filter arguments the way a shell command line
-    needed (`scale='640:trunc(ow/a/2)*2'`); ffmpeg never saw those quotes.
-    A span that holds a comma, semicolon, bracket or backslash keeps its
-    quotes, since there they mean something to ffmpeg too.
+    The 2011 presets quote filter arguments as on a shell command line
+    (`scale='640:trunc(ow/a/2)*2'`). A span that holds no comma, semicolon,
+    bracket or backslash means the same to ffmpeg without its quotes, and
+    the options that run read as a user would write them; a span that does
+    keeps its quotes, since there they protect something.
     """
     parts = graph.split("'")
     if len(parts) % 2 == 0:
