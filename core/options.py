@@ -67,7 +67,7 @@ AUDIO_FILTERS = frozenset({
 _TIME = re.compile(r"\d{1,9}(\.\d{1,9})?(s|ms|us)?|(\d{1,9}:)?\d{1,2}:\d{1,2}(\.\d{1,9})?",
                    re.ASCII)
 # A percentage of the source's duration: the encoder turns it into seconds.
-_TIME_OR_PERCENT = re.compile(_TIME.pattern + r"|(100|\d{1,2}(\.\d{1,3})?)%", re.ASCII)
+_TIME_OR_PERCENT = re.compile(_TIME.pattern + r"|\d{1,2}(\.\d{1,3})?%", re.ASCII)
 _SIGNED_TIME = re.compile(r"-?(" + _TIME.pattern + ")", re.ASCII)
 _RATE = re.compile(r"\d{1,6}(\.\d{1,6})?|\d{1,6}/\d{1,6}|ntsc|pal|qntsc|qpal|sntsc|spal|film"
                    r"|ntsc-film", re.ASCII)

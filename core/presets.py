@@ -30,7 +30,7 @@ _WIDTH = re.compile(r"\d{2,4}", re.ASCII)
 MIN_WIDTH, MAX_WIDTH = 16, 7680
 _BITRATE = re.compile(r"\d{1,6}[kKmM]?", re.ASCII)
 _ENCODER_PRESET = re.compile(r"[a-z]{1,12}|\d{1,2}", re.ASCII)
-_SEEK = re.compile(r"\d{1,6}(\.\d{1,3})?|(100|\d{1,2}(\.\d{1,3})?)%", re.ASCII)
+_SEEK = re.compile(r"\d{1,6}(\.\d{1,3})?|\d{1,2}(\.\d{1,3})?%", re.ASCII)
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 

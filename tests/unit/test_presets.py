@@ -48,7 +48,7 @@ def test_the_poster_seeks_to_ten_percent_unless_told_otherwise():
 @pytest.mark.parametrize("key, value", [
     ("width", "640x"), ("width", 8), ("width", True), ("width", "９６０"),
     ("video_bitrate", "1M:x"), ("video_bitrate", 1000), ("audio_bitrate", "-1k"),
-    ("encoder_preset", "../../x"), ("time", "-5"), ("time", "101%"), ("time", "1:00"),
+    ("encoder_preset", "../../x"), ("time", "-5"), ("time", "101%"), ("time", "100%"), ("time", "1:00"),
 ])
 def test_a_bad_override_value_is_refused(key, value):
     with pytest.raises(ValidationError, match=f"job_options.{key} must be"):
