@@ -38,9 +38,28 @@ EXPECTED_SIZE = {
     "mp4-360p": (LARGE, (640, 360)), "mp4-480p": (SMALL, SMALL),
     "mp4-720p": (LARGE, (1280, 720)), "mp4-1080p": (SMALL, SMALL),
     "webm-vp9": (SMALL, SMALL), "mp4-av1": (SMALL, SMALL),
-    "poster-jpeg": (LARGE, (1280, 720)),
+    "poster-jpeg": ("flash", (1280, 720)),
     "audio-aac": (SMALL, None), "audio-mp3": (SMALL, None), "audio-opus": (SMALL, None),
 }
+
+
+def _flash_clip(ffmpeg: str, path) -> object:
+    """1 s of black at 25 fps, white only from 0.06 to 0.2 s: a poster taken
+    10 % in (0.1 s) is white, one taken anywhere else black."""
+    subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                    "-f", "lavfi", "-i", f"color=c=black:s={LARGE[0]}x{LARGE[1]}:r=25:d={CLIP_S}",
+                    "-vf", "drawbox=c=white:t=fill:enable='between(t,0.06,0.2)'",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    str(path)], check=True, timeout=60)
+    return path
+
+
+def _brightness(ffmpeg: str, path) -> int:
+    """The average grey level (0-255) of an image."""
+    done = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-i",
+                           str(path), "-vf", "scale=1:1", "-f", "rawvideo", "-pix_fmt", "gray",
+                           "-"], capture_output=True, check=True, timeout=60)
+    return done.stdout[0]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +79,7 @@ def jobs(system):
         make_sample_clip(ffmpeg, str(path), duration_s=CLIP_S, size=f"{width}x{height}",
                          rate=10)
         sources[(width, height)] = path
+    sources["flash"] = _flash_clip(ffmpeg, system.media_dir / "in" / "flash.mp4")
     out = system.media_dir / "out"
     submitted = {}
     host = system.client.base_url
@@ -138,6 +158,7 @@ def test_catalogue_preset_produces_what_it_promises(system, jobs, name):
     assert (got.width, got.height) == (size if size else (None, None))
     if name == "poster-jpeg":
         assert got.duration_s == pytest.approx(0.04, abs=0.01)  # one frame
+        assert _brightness(ffmpeg_path(system.settings), dest) > 200  # taken 10 % in
     else:
         assert got.duration_s == pytest.approx(CLIP_S, abs=0.1)
     if catalogue()["presets"][name]["container"] == "mp4":
