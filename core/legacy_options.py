@@ -143,6 +143,9 @@ TRANSLATIONS: tuple[Translation, ...] = (
     _refuse("vhook", "video hooks were replaced by filters: use vf"),
     _refuse("newaudio", "use map to pick streams (e.g. [\"map\", \"0:a\"])"),
     _refuse("newvideo", "use map to pick streams (e.g. [\"map\", \"0:v\"])"),
+    *(_refuse(old, "libx264 sets this through its presets today: use preset and tune "
+                   "(e.g. [\"preset\", \"slow\"])")
+      for old in ("flags2", "directpred", "wpredp", "me_method")),
 )
 
 

@@ -68,6 +68,7 @@ def test_quotes_around_filter_arguments_go_where_they_protect_nothing(graph, exp
 @pytest.mark.parametrize("option, instead", [
     ("vpre", "preset and tune"), ("sameq", "crf"), ("croptop", "crop"),
     ("padleft", "pad"), ("vhook", "vf"), ("newaudio", "map"), ("fpre", "spell"),
+    ("flags2", "preset and tune"), ("me_method", "preset and tune"),
 ])
 def test_an_option_gone_from_ffmpeg_is_refused_naming_it_and_what_to_use(option, instead):
     with pytest.raises(ValidationError) as refused:
