@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound)
 from core.interfaces import JobStore, Queue
-from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, transition,
+from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, retry, transition,
                        utcnow)
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,23 @@ class JobService:
         job = self._create(Job(id=new_job_id(), source=source, destination=destination,
                                options=options, notify_url=notify_url,
                                sent_options=sent_options))
+        self._queue(job)
+        self._announce(job)
+        return job
+
+    def retry(self, job_id: str) -> Job:
+        """Put a job that ended ERROR, ABANDONED or CANCELLED back to PENDING
+        under the same id and queue it again. Raises NotFound, InvalidTransition
+        (not ended, or FINISHED), ConflictError if it changed under us."""
+        job = self.store.get_job(job_id)
+        stored = self.store.update_job(retry(job), job.version)
+        self._queue(stored)
+        self._announce(stored)
+        return stored
+
+    def _queue(self, job: Job) -> None:
+        """Queue a PENDING job for an encoder. A failure to queue raises here
+        (so the API answers an error) after marking the job ERROR."""
         try:
             self.new_jobs.send(job.id)
         except BackendError:
@@ -69,8 +86,6 @@ class JobService:
             except NommerError:
                 log.exception("job %s could not be queued nor marked ERROR", job.id)
             raise
-        self._announce(job)
-        return job
 
     def _create(self, job: Job) -> Job:
         """Create `job`; a create whose answer was lost and retried is no conflict.

@@ -9,6 +9,8 @@ Routes (every answer is JSON with "success"; errors add "error_code" and
     GET  /jobs?state=&limit=&cursor=
                                jobs newest first, a page at a time
     POST /jobs/<id>/cancel     cancel a job that has not ended
+    POST /jobs/<id>/retry      run again a job that ended ERROR, ABANDONED or
+                               CANCELLED (same id, history kept)
     GET  /presets              the catalogue presets a submit may name
     GET  /health               queue counts; 503 when the store or queue fails
 
@@ -242,6 +244,11 @@ class _Routes:
         log.info("job %s cancelled", job.id)
         return _ok(job=job_view(job))
 
+    def retry(self, job_id: str):
+        job = self.backends.jobs.retry(_checked_id(job_id))
+        log.info("job %s retried", job.id)
+        return _ok(job=job_view(job))
+
     def presets(self):
         return _ok(presets=preset_listing())
 
@@ -333,6 +340,7 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/jobs/", "GET", routes.list_jobs)
     app.route("/jobs/<job_id>", "GET", routes.get_job)
     app.route("/jobs/<job_id>/cancel", "POST", routes.cancel)
+    app.route("/jobs/<job_id>/retry", "POST", routes.retry)
     app.route("/presets", "GET", routes.presets)
     app.route("/health", "GET", routes.health, public=True)
     return app
