@@ -76,6 +76,15 @@ class JobStore(abc.ABC):
     def delete_node(self, node_id: str) -> None:
         """Forget an encoder; no error if it is unknown."""
 
+    @abc.abstractmethod
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add each amount to its named counter (created at 0), atomically per
+        counter: concurrent adds from many processes all count."""
+
+    @abc.abstractmethod
+    def read_counters(self) -> dict[str, float]:
+        """Every counter's current value (consistent read)."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from datetime import datetime, timedelta
 
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound)
 from core.interfaces import JobStore, Queue
+from core.metrics import Metrics, job_kind
 from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, retry, transition,
                        utcnow)
 
@@ -47,6 +49,10 @@ class JobService:
         self.store = store
         self.new_jobs = new_jobs
         self.state_changes = state_changes
+        self.metrics = Metrics(store)
+        # job id -> monotonic time it entered ENCODING here: an encoder's
+        # ENCODING and UPLOADING both pass through its own service.
+        self._encoding_since: dict[str, float] = {}
 
     def submit(self, source: str, destination: str, options: dict,
                notify_url: str | None = None, sent_options: dict | None = None) -> Job:
@@ -132,6 +138,10 @@ class JobService:
         except ConflictError:
             return None
         self._announce(stored)
+        if job.state is JobState.PENDING:
+            # A PENDING job is never heartbeated: updated_at is when it was queued.
+            self.metrics.observe("dispatch_latency_seconds",
+                                 (now - job.updated_at).total_seconds(), kind=job_kind(job))
         return stored
 
     def advance(self, job: Job, new_state: JobState, details: str = "", **changes) -> Job:
@@ -139,7 +149,16 @@ class JobService:
         under us (cancelled, or taken over), InvalidTransition if not allowed."""
         stored = self.store.update_job(transition(job, new_state, details, **changes), job.version)
         self._announce(stored)
+        self._time_encoding(stored)
         return stored
+
+    def _time_encoding(self, job: Job) -> None:
+        started = self._encoding_since.pop(job.id, None)
+        if job.state is JobState.ENCODING:
+            self._encoding_since[job.id] = time.monotonic()
+        elif started is not None and job.state is JobState.UPLOADING:
+            self.metrics.observe("encode_duration_seconds", time.monotonic() - started,
+                                 kind=job_kind(job))
 
     def heartbeat(self, job: Job, lease_s: float, progress: int | None = None) -> Job:
         """Extend our lease on the job (and record progress). Raises ConflictError

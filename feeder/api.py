@@ -13,6 +13,7 @@ Routes (every answer is JSON with "success"; errors add "error_code" and
                                CANCELLED (same id, history kept)
     GET  /presets              the catalogue presets a submit may name
     GET  /health               queue counts; 503 when the store or queue fails
+    GET  /metrics              the whole system's figures, Prometheus text format
 
 Reads go straight to the store, so any number of API processes can run.
 Bad input is answered 4xx with a message naming the field; no input reaches
@@ -40,6 +41,7 @@ from core.errors import (BackendError, ConflictError, InvalidTransition, NommerE
 from core.jobs import Job, JobState
 from core.presets import listing as preset_listing, options_to_run
 from core.settings import Settings, load
+from feeder import metrics as system_metrics
 
 # Named explicitly: run as `python -m feeder.api`, __name__ is "__main__".
 log = logging.getLogger("feeder.api")
@@ -252,6 +254,11 @@ class _Routes:
     def presets(self):
         return _ok(presets=preset_listing())
 
+    def metrics(self):
+        body, content_type = system_metrics.render(self.backends)
+        return bottle.HTTPResponse(body=body, status=200,
+                                   headers={"Content-Type": content_type})
+
     def health(self):
         queued, in_flight = self.backends.new_jobs.counts()
         # One cheap read proves the store answers too.
@@ -343,6 +350,7 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/jobs/<job_id>/retry", "POST", routes.retry)
     app.route("/presets", "GET", routes.presets)
     app.route("/health", "GET", routes.health, public=True)
+    app.route("/metrics", "GET", routes.metrics)
     return app
 
 

@@ -240,6 +240,7 @@ class Scheduler:
             elif not job.notify_url:
                 self._done(held)
             else:
+                self._jobs.metrics.add("notification_attempts_total")
                 future = self._pool.submit(
                     send_notification, job.notify_url, job_id, held.change.state,
                     held.change.state_details, self._settings.notify_timeout_s)
@@ -268,7 +269,9 @@ class Scheduler:
         change = held.change
         age_s = (utcnow() - held.changed_at).total_seconds()
         left_s = self._settings.notify_retry_for_s - age_s
+        self._jobs.metrics.add("notification_failures_total")
         if not exc.retryable or left_s <= 0:
+            self._jobs.metrics.add("notification_give_ups_total")
             log.warning("job %s %s: notification to %s given up after %.0f s: %s",
                         change.job_id, change.state, describe_url(url), age_s, exc)
             self._done(held)
