@@ -13,7 +13,10 @@ Routes (every answer is JSON with "success"; errors add "error_code" and
                                CANCELLED (same id, history kept)
     GET  /presets              the catalogue presets a submit may name
     GET  /health               queue counts; 503 when the store or queue fails
+    GET  /encoders             encoders as they last reported themselves
     GET  /metrics              the whole system's figures, Prometheus text format
+    GET  /openapi.json         this API described in OpenAPI 3.1
+    GET  /                     the dashboard (a static page that calls the routes above)
 
 Reads go straight to the store, so any number of API processes can run.
 Bad input is answered 4xx with a message naming the field; no input reaches
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import importlib.metadata
 import ipaddress
 import json
 import logging
@@ -41,7 +45,7 @@ from core.errors import (BackendError, ConflictError, InvalidTransition, NommerE
 from core.jobs import Job, JobState
 from core.presets import listing as preset_listing, options_to_run
 from core.settings import Settings, load
-from feeder import metrics as system_metrics
+from feeder import dashboard, metrics as system_metrics, openapi
 
 # Named explicitly: run as `python -m feeder.api`, __name__ is "__main__".
 log = logging.getLogger("feeder.api")
@@ -259,11 +263,33 @@ class _Routes:
         return bottle.HTTPResponse(body=body, status=200,
                                    headers={"Content-Type": content_type})
 
+    def encoders(self):
+        nodes = sorted(self.backends.store.list_nodes(), key=lambda node: node.id)
+        return _ok(encoders=[{
+            "id": node.id, "state": node.state, "active_jobs": node.active_jobs,
+            "last_report": node.last_report.isoformat() if node.last_report else None,
+            "started_at": node.started_at.isoformat() if node.started_at else None,
+        } for node in nodes])
+
+    def openapi(self):
+        return _json_response(200, openapi.describe(_version()))
+
+    def dashboard(self):
+        return bottle.HTTPResponse(body=dashboard.page(), status=200,
+                                   headers=dashboard.headers())
+
     def health(self):
         queued, in_flight = self.backends.new_jobs.counts()
         # One cheap read proves the store answers too.
         self.backends.store.list_jobs(limit=1)
         return _ok(status="ok", queued=queued, in_flight=in_flight)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("media-nommer")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _checked_id(job_id: str) -> str:
@@ -351,6 +377,10 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/presets", "GET", routes.presets)
     app.route("/health", "GET", routes.health, public=True)
     app.route("/metrics", "GET", routes.metrics)
+    app.route("/encoders", "GET", routes.encoders)
+    # Public: neither carries data; the page asks for the token itself.
+    app.route("/openapi.json", "GET", routes.openapi, public=True)
+    app.route("/", "GET", routes.dashboard, public=True)
     return app
 
 
