@@ -9,16 +9,14 @@ import sys
 
 import pytest
 
-from tests.process.test_api import PROJECT_DIR, TOKEN, Api, settings_for
+from tests.process.test_api import PROJECT_DIR, TOKEN, Api
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def api(tmp_path):
-    running = Api(settings_for(tmp_path, api_token=TOKEN))
-    yield running
-    running.stop()
+def api(token_api):
+    return token_api
 
 
 def nommer(api: Api, *args, token: str | None = TOKEN, cwd=None) -> subprocess.CompletedProcess:

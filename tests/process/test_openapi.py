@@ -7,16 +7,14 @@ import re
 import pytest
 from openapi_spec_validator import validate
 
-from tests.process.test_api import TOKEN, Api, settings_for
+from tests.process.test_api import TOKEN
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def api(tmp_path):
-    running = Api(settings_for(tmp_path, api_token=TOKEN))
-    yield running
-    running.stop()
+def api(token_api):
+    return token_api
 
 
 def test_the_description_is_valid_openapi_and_public(api):
