@@ -25,6 +25,7 @@ rest BackendError.
 from __future__ import annotations
 
 import json
+import re
 
 from core.aws import aws_errors, client as aws_client
 from core.errors import ConflictError, NotFound, ValidationError
@@ -41,8 +42,8 @@ MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
 _TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options",
                 "sent_options")
-# Counters (core.metrics) live in the jobs domain, one item per metric name:
-# "#counters:<name>", which no job id can be. They have no `created_key` or
+# Counters (core.metrics) live in the jobs domain, one item per series
+# (see _counter_family): "#counters:<series>", which no job id can be. They have no `created_key` or
 # `state`, so job selects never see them. SimpleDB has no atomic add: each
 # add is a read, then a put conditional on the item's `counters_version`.
 _COUNTERS_PREFIX = "#counters:"
@@ -134,6 +135,16 @@ def _encode_cursor(created_key: str) -> str:
 def _decode_cursor(cursor: str) -> str:
     """The created_key of the last job of the previous page. Raises ValidationError."""
     return "|".join(decode_cursor(cursor))
+
+
+def _counter_family(key: str) -> str:
+    """The item a counter is kept in: its name without a histogram's suffix,
+    with its labels but `le`. A histogram observation is then one put, and
+    one item holds one series' buckets (far below 256 attributes)."""
+    name, _, labels = key.partition("{")
+    name = re.sub(r"_(bucket|sum|count)$", "", name)
+    labels = re.sub(r'le="[^"]*",?', "", labels).rstrip(",}")
+    return f"{name}{{{labels}}}" if labels else name
 
 
 class SimpleDBJobStore(JobStore):
@@ -279,7 +290,7 @@ class SimpleDBJobStore(JobStore):
         on the item's version, again when another writer got there first."""
         families: dict[str, dict[str, float]] = {}
         for key, amount in increments.items():
-            families.setdefault(key.split("{")[0], {})[key] = amount
+            families.setdefault(_counter_family(key), {})[key] = amount
         for family, amounts in sorted(families.items()):
             self._add_to_item(_COUNTERS_PREFIX + family, family, amounts)
 
