@@ -258,7 +258,7 @@ class _Routes:
     def presets(self):
         return _ok(presets=preset_listing())
 
-    def metrics(self):
+    def metrics_text(self):
         body, content_type = system_metrics.render(self.backends)
         return bottle.HTTPResponse(body=body, status=200,
                                    headers={"Content-Type": content_type})
@@ -271,10 +271,10 @@ class _Routes:
             "started_at": node.started_at.isoformat() if node.started_at else None,
         } for node in nodes])
 
-    def openapi(self):
+    def description(self):
         return _json_response(200, openapi.describe(_version()))
 
-    def dashboard(self):
+    def dashboard_page(self):
         return bottle.HTTPResponse(body=dashboard.page(), status=200,
                                    headers=dashboard.headers())
 
@@ -376,11 +376,11 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/jobs/<job_id>/retry", "POST", routes.retry)
     app.route("/presets", "GET", routes.presets)
     app.route("/health", "GET", routes.health, public=True)
-    app.route("/metrics", "GET", routes.metrics)
+    app.route("/metrics", "GET", routes.metrics_text)
     app.route("/encoders", "GET", routes.encoders)
     # Public: neither carries data; the page asks for the token itself.
-    app.route("/openapi.json", "GET", routes.openapi, public=True)
-    app.route("/", "GET", routes.dashboard, public=True)
+    app.route("/openapi.json", "GET", routes.description, public=True)
+    app.route("/", "GET", routes.dashboard_page, public=True)
     return app
 
 

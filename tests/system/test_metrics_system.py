@@ -14,8 +14,9 @@ from tests.system.test_system import FAST, passes, wait_state
 pytestmark = pytest.mark.timeout(240)
 
 
-def scrape(system: LocalSystem) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of one scrape, parsed by prometheus_client."""
+def scrape(system) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of one scrape of `system`'s API
+    (anything with an api_port on 127.0.0.1), parsed by prometheus_client."""
     url = f"http://127.0.0.1:{system.api_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as answer:
         assert answer.headers["Content-Type"].startswith("text/plain; version=")
