@@ -45,7 +45,8 @@ _SCHEMA = [
         state TEXT NOT NULL,
         active_jobs INTEGER NOT NULL,
         last_report TEXT NOT NULL,
-        started_at TEXT NOT NULL)""",
+        started_at TEXT NOT NULL,
+        draining INTEGER NOT NULL DEFAULT 0)""",
 ]
 
 _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
@@ -90,6 +91,15 @@ class SQLiteJobStore(JobStore):
 
     def __init__(self, path: str):
         self._db = SQLiteDatabase(path, _SCHEMA)
+        self._add_draining_column()
+
+    def _add_draining_column(self) -> None:
+        # A database written before nodes had a draining mark gets the column.
+        with translate_errors("open store"):
+            conn = self._db.connection()
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
+            if "draining" not in columns:
+                conn.execute("ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0")
 
     def create_job(self, job: Job) -> Job:
         """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
@@ -184,9 +194,12 @@ class SQLiteJobStore(JobStore):
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id`."""
         with translate_errors("put node"):
+            # An upsert that leaves `draining` as it is: only the scaler sets it.
             self._db.connection().execute(
-                "INSERT OR REPLACE INTO nodes (id, state, active_jobs, last_report, started_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO nodes (id, state, active_jobs, last_report, started_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " state = excluded.state, active_jobs = excluded.active_jobs,"
+                " last_report = excluded.last_report, started_at = excluded.started_at",
                 (node.id, node.state, node.active_jobs,
                  time_to_text(node.last_report), time_to_text(node.started_at)))
 
@@ -194,10 +207,17 @@ class SQLiteJobStore(JobStore):
         """Every encoder report, by id."""
         with translate_errors("list nodes"):
             rows = self._db.connection().execute(
-                "SELECT id, state, active_jobs, last_report, started_at FROM nodes ORDER BY id"
+                "SELECT id, state, active_jobs, last_report, started_at, draining"
+                " FROM nodes ORDER BY id"
             ).fetchall()
         return [Node(id=r[0], state=r[1], active_jobs=r[2], last_report=text_to_time(r[3]),
-                     started_at=text_to_time(r[4])) for r in rows]
+                     started_at=text_to_time(r[4]), draining=bool(r[5])) for r in rows]
+
+    def mark_node_draining(self, node_id: str) -> None:
+        """Set encoder `node_id`'s draining mark; no error if unknown."""
+        with translate_errors("mark node draining"):
+            self._db.connection().execute("UPDATE nodes SET draining = 1 WHERE id = ?",
+                                          (node_id,))
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown."""

@@ -252,3 +252,25 @@ def test_sqlite_store_used_after_close_is_a_backend_error(tmp_path):
     store.close()
     with pytest.raises(BackendError):
         store.get_job("job-1")
+
+
+def test_a_draining_mark_survives_the_encoders_own_reports(store):
+    started = datetime(2024, 5, 1, 11, 0, tzinfo=timezone.utc)
+    report = Node(id="encoder-a", state="idle", active_jobs=0,
+                  last_report=started, started_at=started)
+    store.put_node(report)
+    assert store.get_node("encoder-a").draining is False
+    store.mark_node_draining("encoder-a")
+    # The encoder's next report (which knows nothing of the mark) keeps it.
+    store.put_node(dataclasses.replace(report, state="working", active_jobs=1,
+                                       last_report=started + timedelta(seconds=5)))
+    node = store.get_node("encoder-a")
+    assert (node.draining, node.state, node.active_jobs) == (True, "working", 1)
+    # Marking an encoder that never reported creates nothing.
+    store.mark_node_draining("never-seen")
+    assert [n.id for n in store.list_nodes()] == ["encoder-a"]
+    assert store.get_node("never-seen") is None
+    # A new report after the old one is deleted starts unmarked.
+    store.delete_node("encoder-a")
+    store.put_node(report)
+    assert store.get_node("encoder-a").draining is False
