@@ -101,11 +101,14 @@ class Settings:
     # The predictive policy sizes the fleet so that at most this share of
     # jobs waits longer than acceptable_wait_s (seconds) (Erlang C).
     acceptable_wait_s: float = 60.0
-    scale_wait_tail_prob: float = 0.05
+    scale_wait_tail_prob: float = 0.1
+    # Below this many arrivals per boot time no slot is kept warm (it would
+    # mostly idle): a job gets an encoder launched for it instead.
+    scale_warm_min_arrivals_per_boot: float = 1.0
     # An idle encoder is drained after max(scale_in_idle_s, scale_in_boots x
     # the measured boot time), never within scale_cooldown_s of a change.
     scale_in_idle_s: float = 10.0
-    scale_in_boots: float = 1.5
+    scale_in_boots: float = 2.0
     scale_cooldown_s: float = 30.0
     # The arrival rate and the encode time are estimated over this window (seconds).
     scale_arrival_window_s: float = 900.0

@@ -29,9 +29,15 @@ ORIGINAL_INTERVAL_S = 60.0
 # Named bundles of predictive settings for the wait-versus-money choice.
 # A preset overrides the keys it names; `nommer-scaler suite` measures each
 # one (docs/scaling.md).
+# Chosen on draws 0-2 of each trace family, judged on draws 1000-1019.
 PRESETS: dict[str, dict[str, float]] = {
-    "latency": {"acceptable_wait_s": 10.0, "wait_tail_prob": 0.02, "scale_in_boots": 2.0},
-    "cost": {"acceptable_wait_s": 120.0, "wait_tail_prob": 0.1, "scale_in_boots": 1.0},
+    # Warm slots whatever the rate, sized so that 5 % of jobs wait > 30 s.
+    "latency": {"acceptable_wait_s": 30.0, "wait_tail_prob": 0.05,
+                "warm_min_arrivals_per_boot": 0.0, "scale_in_boots": 2.0},
+    # Warm slots only at rates of one job per boot or more, 10 % may wait
+    # > 90 s; an idle encoder goes after 1.5 boots.
+    "cost": {"acceptable_wait_s": 90.0, "wait_tail_prob": 0.1,
+             "warm_min_arrivals_per_boot": 1.0, "scale_in_boots": 1.5},
 }
 
 # An encoder is drained only when at most this much of its paid time is
@@ -113,7 +119,9 @@ class PolicySettings:
     boot_time_estimate_s and encode_time_estimate_s: what the policy assumes
     until it has measured boots and encodes. acceptable_wait_s and
     wait_tail_prob: the share of jobs that may wait longer than the
-    acceptable wait (Erlang C). scale_in_boots: an idle encoder is kept for
+    acceptable wait (Erlang C). Below warm_min_arrivals_per_boot arrivals
+    per boot time no slot is kept warm: it would mostly idle, and a job gets
+    an encoder launched for it instead. scale_in_boots: an idle encoder is kept for
     this many boot times (at least scale_in_idle_s) before it is let go.
     Billing: an encoder is billed from launch to stop in increments of
     `billing_increment_s`, at least `billing_minimum_s` (EC2 today: per
@@ -128,9 +136,10 @@ class PolicySettings:
     boot_time_estimate_s: float = 60.0
     encode_time_estimate_s: float = 120.0
     acceptable_wait_s: float = 60.0
-    wait_tail_prob: float = 0.05
+    wait_tail_prob: float = 0.1
+    warm_min_arrivals_per_boot: float = 1.0
     scale_in_idle_s: float = 10.0
-    scale_in_boots: float = 1.5
+    scale_in_boots: float = 2.0
     scale_cooldown_s: float = 30.0
     arrival_window_s: float = 900.0
     billing_minimum_s: float = 60.0
@@ -154,6 +163,7 @@ class PolicySettings:
             encode_time_estimate_s=settings.encode_time_estimate_s,
             acceptable_wait_s=settings.acceptable_wait_s,
             wait_tail_prob=settings.scale_wait_tail_prob,
+            warm_min_arrivals_per_boot=settings.scale_warm_min_arrivals_per_boot,
             scale_in_idle_s=settings.scale_in_idle_s,
             scale_in_boots=settings.scale_in_boots,
             scale_cooldown_s=settings.scale_cooldown_s,
@@ -350,20 +360,23 @@ def target_encoders(obs: Observation, ps: PolicySettings, now_s: float) -> tuple
 
     Slots = the larger of the Erlang C size for the recent arrival rate and
     the backlog: jobs running plus the queued ones that the running slots
-    will not take within a boot (an encoder launched for those is too late).
+    will not take within the acceptable wait.
     """
     boot_s = estimate_boot_s(obs.boot_samples_s, ps)
     rate = arrival_rate_per_s(obs.arrivals_s, now_s, ps.arrival_window_s)
     encode_s = estimate_encode_s(obs, ps, now_s)
     cap = ps.max_encoders * ps.slots_per_encoder
     # A job that finds no free slot gets one within a boot (the backlog below
-    # launches for it): warm slots matter only when that is too late.
+    # launches for it): warm slots matter only when that is too late, and
+    # pay only when jobs come often enough to use them.
+    warm = ps.acceptable_wait_s < boot_s and rate * boot_s >= ps.warm_min_arrivals_per_boot
     steady = (erlang_slots(rate, encode_s, ps.acceptable_wait_s, ps.wait_tail_prob, cap)
-              if ps.acceptable_wait_s < boot_s else 0)
+              if warm else 0)
     # Jobs on draining encoders end there; they need no capacity.
     in_flight = obs.in_flight - sum(e.busy_slots for e in obs.encoders if e.draining)
-    # Slots that free up within a boot take that many queued jobs each, roughly.
-    freed = in_flight * min(1.0, max(boot_s - ps.acceptable_wait_s, 0.0) / encode_s)
+    # A queued job needs a new slot only if no running one frees up within
+    # the acceptable wait: about in_flight x wait / encode time of them do.
+    freed = in_flight * min(1.0, ps.acceptable_wait_s / encode_s)
     backlog = in_flight + max(0, math.ceil(obs.queued - freed))
     wanted = math.ceil(max(steady, backlog) / ps.slots_per_encoder)
     target = max(ps.min_encoders, min(ps.max_encoders, wanted))

@@ -83,12 +83,15 @@ def test_scale_in_drains_and_never_interrupts_a_job(tmp_path):
     with LocalSystem(tmp_path / "sys", env) as system:
         ids: list[str] = []
         for n in range(12):
-            if n % 2:
-                marks = drain_marks(system)
-                wait_for(lambda: drain_marks(system) > marks, 60, interval_s=0.2,
-                         what="an encoder marked draining")
+            marks = drain_marks(system)
             ids += submit_batch(system, 1)
             wait_for(lambda: all_ended(system, ids), 120, interval_s=0.3, what="job finished")
+            if n % 2 == 0:
+                # The encoder that ran it idles and is marked (unless it was
+                # marked already, and then stops): the next job comes right
+                # after the mark, often to the marked encoder.
+                wait_for(lambda: drain_marks(system) > marks or not running(system), 60,
+                         interval_s=0.2, what="an encoder marked draining or stopped")
         jobs = [system.client.job(job_id) for job_id in ids]
         assert [job["attempts"] for job in jobs] == [1] * len(ids), \
             [(job["id"], job["attempts"], job["state_details"]) for job in jobs]

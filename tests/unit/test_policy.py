@@ -139,7 +139,8 @@ def test_predictive_keeps_warm_slots_for_the_arrival_rate():
     # slots. With no acceptable wait and half of the jobs allowed to queue,
     # Erlang C asks for 3 slots (C(2, 1.8) = 0.85, C(3, 1.8) = 0.35).
     arrivals = tuple(NOW - 600 + 60 * i for i in range(1, 10))
-    ps = predictive(acceptable_wait_s=0, wait_tail_prob=0.5, encode_time_estimate_s=120)
+    ps = predictive(acceptable_wait_s=0, wait_tail_prob=0.5, encode_time_estimate_s=120,
+                    warm_min_arrivals_per_boot=0)
     assert erlang_c(2, 1.8) > 0.5 >= erlang_c(3, 1.8)
     empty = Observation(queued=0, in_flight=0, arrivals_s=arrivals)
     assert predictive_policy(empty, ps, NOW).launch == 3
@@ -148,6 +149,16 @@ def test_predictive_keeps_warm_slots_for_the_arrival_rate():
     # Without arrivals the same idle encoders are let go.
     quiet = dataclasses.replace(warm, arrivals_s=())
     assert predictive_policy(quiet, ps, NOW).stop == ("a", "b", "c")
+
+
+def test_predictive_keeps_no_warm_slots_for_fewer_arrivals_than_one_per_boot():
+    # 0.9 jobs a minute and a 60 s boot: a warm slot would mostly idle.
+    arrivals = tuple(NOW - 600 + 60 * i for i in range(1, 10))
+    obs = Observation(queued=0, in_flight=0, arrivals_s=arrivals)
+    ps = predictive(acceptable_wait_s=0, warm_min_arrivals_per_boot=1)
+    assert predictive_policy(obs, ps, NOW).launch == 0
+    faster = dataclasses.replace(obs, arrivals_s=arrivals + (NOW - 1,))  # 1.0 a minute
+    assert predictive_policy(faster, ps, NOW).launch > 0
 
 
 def test_predictive_keeps_no_warm_slots_when_a_job_may_wait_a_boot():
