@@ -2,6 +2,7 @@
 
     nommer-scaler [--config nomconf.toml]          run the loop
     nommer-scaler simulate [TRACE.csv ...] [opts]  compare the policies on a trace
+    nommer-scaler suite [opts]                     ... over the trace families
 
 Every settings.feederd_auto_scale_interval seconds the loop is a checklist:
 
@@ -258,7 +259,7 @@ class Scaler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the scaler until SIGTERM or SIGINT, or the simulator (`simulate ...`).
+    """Run the scaler until SIGTERM or SIGINT, or the simulator (`simulate ...`, `suite ...`).
 
     Returns 0, or 2 if the scaler cannot start (bad settings, no fleet).
     """
@@ -274,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="nommer-scaler",
         description="Launch and stop encoders as the backlog needs. "
-                    "'nommer-scaler simulate --help' compares the policies on a trace.")
+                    "'nommer-scaler simulate --help' compares the policies on a trace, "
+                    "'nommer-scaler suite --help' over many.")
     parser.add_argument("--config", help="TOML settings file (default: $NOMMER_CONFIG)")
     args = parser.parse_args(argv)
     configure_logging()

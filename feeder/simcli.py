@@ -57,10 +57,9 @@ def format_report(title: str, results: list[SimResult]) -> str:
     return "\n".join(out)
 
 
-def result_json(trace: str, config: SimConfig, result: SimResult) -> dict:
+def result_json(trace: str, policy: str, preset: str, result: SimResult) -> dict:
     """One run as the --json object."""
-    return {"trace": trace, "policy": config.policy.policy,
-            "preset": config.label.partition("/")[2] if config.policy.policy != "original" else "",
+    return {"trace": trace, "policy": policy, "preset": preset,
             "encoder_seconds": result.encoder_seconds,
             "wait_p50_s": result.wait_percentile_s(50),
             "wait_p95_s": result.wait_percentile_s(95),
@@ -191,9 +190,10 @@ def build_suite_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(main, argv, prog: str) -> int:
+def _guarded(command, args, prog: str) -> int:
+    """Run `command(args)`; bad settings, a bad trace or a missing file: 2 and a message."""
     try:
-        return main(argv)
+        return command(args)
     except (NommerError, ValueError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
@@ -201,14 +201,12 @@ def _run(main, argv, prog: str) -> int:
 
 def simulate_main(argv: list[str] | None = None) -> int:
     """`nommer-scaler simulate`. Returns 0, or 2 with a message for bad input."""
-    args = build_simulate_parser().parse_args(argv)
-    return _run(lambda _: _simulate(args), argv, "nommer-scaler simulate")
+    return _guarded(_simulate, build_simulate_parser().parse_args(argv), "nommer-scaler simulate")
 
 
 def suite_main(argv: list[str] | None = None) -> int:
     """`nommer-scaler suite`. Returns 0, or 2 with a message for bad input."""
-    args = build_suite_parser().parse_args(argv)
-    return _run(lambda _: _suite(args), argv, "nommer-scaler suite")
+    return _guarded(_suite, build_suite_parser().parse_args(argv), "nommer-scaler suite")
 
 
 def _load(args):
@@ -233,7 +231,8 @@ def _simulate(args) -> int:
         jobs = read_trace(path)
         results = [simulate(jobs, config) for config in configs]
         if args.json:
-            objects += [result_json(path.name, c, r) for c, r in zip(configs, results)]
+            objects += [result_json(path.name, c.policy.policy, c.label.partition("/")[2], r)
+                        for c, r in zip(configs, results)]
             continue
         world = configs[0]
         span_s = jobs[-1][0] - jobs[0][0] if jobs else 0.0
@@ -260,24 +259,23 @@ def _suite(args) -> int:
                 write_trace(out_dir / f"{family}-{seed}.csv", family_trace(family, seed))
         print(f"wrote {len(families) * len(seeds)} traces to {out_dir}")
         return 0
-    settings = _load(args)
-    base = base_config(args, settings)
-    base = dataclasses.replace(base, interval_s=None)
     if args.interval_s is not None:
         raise ValueError("the suite runs each policy at its own interval; no --interval-s")
-    runs = run_suite(base, families, seeds,
-                     progress=lambda family, seed: print(f"  {family} {seed}", file=sys.stderr)
-                     if not args.json else None)
+    base = base_config(args, _load(args))
+
+    def progress(family: str, seed: int) -> None:
+        if not args.json:
+            print(f"  {family} {seed}", file=sys.stderr)
+
+    runs = run_suite(base, families, seeds, progress)
     summary = summarize(runs)
     if args.json:
         summary["runs"] = [
             {"family": run.family, "seed": run.seed, "jobs": run.jobs,
-             "results": {v: result_json(f"{run.family}-{run.seed}", dataclasses.replace(
-                 base, label=f"predictive/{v}" if v in PRESETS else v,
-                 policy=dataclasses.replace(base.policy,
-                                            policy="original" if v == "original"
-                                            else "predictive")), r)
-                         for v, r in run.results.items()}}
+             "results": {variant: result_json(
+                 f"{run.family}-{run.seed}", "original" if variant == "original" else "predictive",
+                 variant if variant in PRESETS else "", result)
+                 for variant, result in run.results.items()}}
             for run in runs]
         print(json.dumps(summary, indent=1))
     else:

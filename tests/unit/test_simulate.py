@@ -271,3 +271,36 @@ def test_the_suite_prints_distributions_and_targets(no_nommer_env, capsys):
     for variant in ("default", "latency", "cost"):
         assert any(line.startswith(f"{variant}: ") and "of 4 traces" in line
                    for line in out.splitlines())
+
+
+def test_the_suite_as_json_gives_every_run_and_the_targets(no_nommer_env, capsys):
+    assert scaler.main(["suite", "--family", "burst", "--seeds", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    run = summary["runs"][0]
+    assert (run["family"], run["seed"]) == ("burst", 1000)
+    assert {v: (r["policy"], r["preset"]) for v, r in run["results"].items()} == {
+        "original": ("original", ""), "default": ("predictive", ""),
+        "latency": ("predictive", "latency"), "cost": ("predictive", "cost")}
+    for variant in ("default", "latency", "cost"):
+        check = summary["targets"][variant]
+        assert check["traces"] == 1 and 0 <= check["share_met"] <= 1
+        assert set(summary["families"]["burst"][variant]) == {
+            "encoder_seconds", "wait_p95", "launches"}
+
+
+def test_the_targets_are_the_stated_ones():
+    from feeder.suite import TARGETS, percentile
+
+    def result(es, p95):
+        return sim.SimResult("x", es, [p95] * 20, 0, 1, 1)
+    old = result(1000, 100)
+    assert TARGETS["default"].meets("default", result(1050, 125), old)
+    assert not TARGETS["default"].meets("default", result(1051, 100), old)
+    assert not TARGETS["default"].meets("default", result(900, 126), old)
+    assert TARGETS["latency"].meets("latency", result(1250, 50), old)
+    assert TARGETS["latency"].meets("latency", result(1250, 15), result(1000, 10))
+    assert not TARGETS["latency"].meets("latency", result(1251, 0), old)
+    assert TARGETS["cost"].meets("cost", result(800, 135), old)
+    assert not TARGETS["cost"].meets("cost", result(801, 0), old)
+    values = [float(v) for v in range(1, 12)]  # 1 .. 11
+    assert (percentile(values, 10), percentile(values, 90)) == (2.0, 10.0)
