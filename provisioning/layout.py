@@ -43,6 +43,9 @@ class FeederLayout:
         var/                 the default data_dir (SQLite, media)
         run/                 supervisord's socket and pid file
         log/                 supervisord's and the programs' logs
+        deployed.json        the release and files last seen healthy
+
+    and beside the prefix, <prefix>.lock while a deploy or rollback runs.
     """
 
     prefix: PurePosixPath
@@ -88,6 +91,16 @@ class FeederLayout:
     @property
     def log_dir(self) -> PurePosixPath:
         return self.prefix / "log"
+
+    @property
+    def marker(self) -> PurePosixPath:
+        return self.prefix / "deployed.json"
+
+    @property
+    def lock(self) -> PurePosixPath:
+        """Beside the prefix, not in it: a failed first deploy removes the
+        prefix while it still holds the lock."""
+        return self.prefix.with_name(self.prefix.name + ".lock")
 
     @property
     def socket(self) -> PurePosixPath:
