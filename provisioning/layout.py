@@ -162,6 +162,14 @@ class EncoderLayout:
         return self.bin_dir / "supervisorctl"
 
     @property
+    def boot_start(self) -> PurePosixPath:
+        return self.bin_dir / "media-nommer-start-nommerd"
+
+    @property
+    def host_keys_unit_path(self) -> PurePosixPath:
+        return self.systemd_dir / "media-nommer-ssh-host-keys.service"
+
+    @property
     def unit_name(self) -> str:
         return "media-nommer-encoder.service"
 

@@ -23,6 +23,8 @@ from provisioning.layout import (ENCODER_STOP_GRACE_S, LOCAL_ENCODER_STOP_GRACE_
 UNIT_STOP_MARGIN_S = 30
 # The feeder's own programs' longest stopwaitsecs (the scheduler's).
 FEEDER_STOPWAITSECS = 15
+# How long the encoder's boot start waits for supervisord's socket.
+BOOT_START_WAIT_S = 60
 
 
 def template(name: str) -> string.Template:
@@ -108,6 +110,7 @@ def render_feeder_unit(settings: Settings, layout: FeederLayout) -> str:
         venv=layout.current / "venv",
         supervisord_conf=layout.supervisord_conf,
         timeout_stop_s=feeder_unit_stop_s(settings),
+        exec_start_post="",
     )
 
 
@@ -136,7 +139,19 @@ def render_encoder_unit(layout: EncoderLayout) -> str:
         venv=layout.venv,
         supervisord_conf=layout.supervisord_conf,
         timeout_stop_s=stopwaitsecs(ENCODER_STOP_GRACE_S) + UNIT_STOP_MARGIN_S,
+        exec_start_post=f"ExecStartPost={layout.boot_start}\n",
     )
+
+
+def render_boot_start(layout: EncoderLayout) -> str:
+    """The script that starts nommerd at boot once its settings are there."""
+    return template("start-nommerd.sh").substitute(
+        unit_name=layout.unit_name, nomconf=layout.nomconf,
+        supervisorctl=layout.supervisorctl_wrapper, wait_s=BOOT_START_WAIT_S)
+
+
+def render_host_keys_unit() -> str:
+    return template("ssh-host-keys.service").template
 
 
 def render_supervisorctl_wrapper(layout: EncoderLayout) -> str:

@@ -81,7 +81,8 @@ def test_encoder_install_script_installs_nommerd_that_the_user_data_starts(tmp_p
     stopwait = int(re.search(r"^stopwaitsecs=(\d+)", conf, re.M).group(1))
     assert stopwait > ENCODER_STOP_GRACE_S + RELEASE_WAIT_S
     assert f"--stop-grace-s {ENCODER_STOP_GRACE_S}" in conf
-    assert (tmp_path / "systemd" / "media-nommer-encoder.service").exists()
+    unit = (tmp_path / "systemd" / "media-nommer-encoder.service").read_text()
+    assert f"ExecStartPost={tmp_path / 'bin' / 'media-nommer-start-nommerd'}" in unit
 
     # Boot: systemd's part (supervisord in the foreground), then the user
     # data's: the settings file, then its exact start command.
@@ -94,6 +95,11 @@ def test_encoder_install_script_installs_nommerd_that_the_user_data_starts(tmp_p
         wait_for(lambda: subprocess.run(ctl + ["pid"], capture_output=True, text=True,
                                          timeout=30).stdout.strip().isdigit(),
                   30, "the encoder's supervisord")
+        assert "STOPPED" in subprocess.run(ctl + ["status"], capture_output=True, text=True,
+                                           timeout=30).stdout
+        # First boot: the unit's boot start finds no settings and leaves nommerd alone.
+        boot_start = [str(tmp_path / "bin" / "media-nommer-start-nommerd")]
+        assert subprocess.run(boot_start, timeout=90).returncode == 0
         assert "STOPPED" in subprocess.run(ctl + ["status"], capture_output=True, text=True,
                                            timeout=30).stdout
         (tmp_path / "etc" / "nomconf.toml").write_text(
@@ -109,8 +115,65 @@ def test_encoder_install_script_installs_nommerd_that_the_user_data_starts(tmp_p
         wait_for(lambda: log.exists() and "starting 2 worker(s)" in log.read_text(), 30,
                   "nommerd to start its two workers")
         nommerd_pid = program_pids(status)["nommerd:nommerd_00"]
+        # A later boot: no user data runs, the unit's boot start starts nommerd.
+        subprocess.run(ctl + ["stop", "nommerd:*"], capture_output=True, timeout=120)
+        assert subprocess.run(boot_start, timeout=90).returncode == 0
+        status = subprocess.run(ctl + ["status"], capture_output=True, text=True, timeout=30).stdout
+        assert re.search(r"^nommerd:nommerd_00\s+RUNNING", status, re.M), status
+        nommerd_pid = program_pids(status)["nommerd:nommerd_00"]
     finally:
         stop_by_pid(supervisord.pid, [])
         supervisord.wait(timeout=STOP_TIMEOUT_S)
     assert not alive(nommerd_pid)
     assert "stopped" in log.read_text()  # nommerd's own last words after SIGTERM
+
+
+def _plant_build_machine_traces(root: Path) -> list[Path]:
+    """What a build machine leaves on its disk; returns the paths planted."""
+    planted = {
+        "root/.ssh/authorized_keys": "ssh-ed25519 AAAA packer-temporary-key\n",
+        "home/admin/.ssh/authorized_keys": "ssh-ed25519 AAAA packer-temporary-key\n",
+        "etc/ssh/ssh_host_ed25519_key": "PRIVATE\n",
+        "etc/ssh/ssh_host_ed25519_key.pub": "ssh-ed25519 AAAA build-machine\n",
+        "etc/ssh/ssh_host_rsa_key": "PRIVATE\n",
+        "var/lib/dbus/machine-id": "0123456789abcdef0123456789abcdef\n",
+        "var/log/auth.log": "Accepted publickey for admin\n",
+        "var/log/journal/0123/system.journal": "journal\n",
+        "var/log/cloud-init.log": "cloud-init\n",
+        "root/.bash_history": "history\n",
+        "home/admin/.bash_history": "history\n",
+        "tmp/media-nommer/wheelhouse/x.whl": "",
+        "var/lib/cloud/instances/i-0123/user-data.txt": "user data\n",
+    }
+    for name, text in planted.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    return [root / name for name in planted]
+
+
+def test_the_image_keeps_no_keys_identity_logs_or_history_of_the_build(tmp_path, wheelhouse):
+    root = tmp_path / "root"
+    planted = _plant_build_machine_traces(root)
+    env = _encoder_environment(tmp_path / "root", wheelhouse)
+    env.update({name: str(root / path) for name, path in (
+        ("ENCODER_PREFIX", "opt/media-nommer"), ("ENCODER_ETC_DIR", "etc/media-nommer"),
+        ("ENCODER_DATA_DIR", "var/lib/media-nommer"), ("ENCODER_LOG_DIR", "var/log/media-nommer"),
+        ("ENCODER_RUN_DIR", "run/media-nommer"), ("ENCODER_BIN_DIR", "usr/local/bin"),
+        ("ENCODER_SYSTEMD_DIR", "etc/systemd/system"))})
+    installed = subprocess.run(["bash", str(INSTALL_SCRIPT)], env=env, capture_output=True,
+                               text=True, timeout=240)
+    assert installed.returncode == 0, installed.stderr + installed.stdout
+    cleaned = subprocess.run(["bash", str(CLEANUP_SCRIPT)],
+                             env=dict(os.environ, CLEANUP_ROOT=str(root), CLEANUP_SKIP_SYSTEM="1"),
+                             capture_output=True, text=True, timeout=60)
+    assert cleaned.returncode == 0, cleaned.stderr + cleaned.stdout
+    assert [path for path in planted if path.exists()] == []
+    assert list((root / "etc/ssh").glob("ssh_host_*")) == []
+    assert list((root / "var/log").rglob("*.log")) == []
+    # Empty, not absent: systemd writes a new one at first boot only into an empty file.
+    assert (root / "etc/machine-id").read_text() == ""
+    # The install itself is intact, with the unit that makes host keys at boot.
+    assert (root / "opt/media-nommer/venv/bin/nommerd").exists()
+    keys_unit = (root / "etc/systemd/system/media-nommer-ssh-host-keys.service").read_text()
+    assert "ExecStart=/usr/bin/ssh-keygen -A" in keys_unit and "Before=ssh.service" in keys_unit
