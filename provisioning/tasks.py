@@ -11,7 +11,8 @@
     fab -H HOST unlock     [--prefix P]
     fab build-ami          [--config nomconf.toml] [--region R] [--instance-type T]
                            [--ami-name N] [--ami-version V] [--subnet-id S]
-                           [--public] [--packer PATH] [--wheelhouse DIR]
+                           [--public] [--copy-to R2,R3] [--ssh-from CIDR,...]
+                           [--packer PATH] [--wheelhouse DIR]
     fab wheelhouse --dest DIR [--python-version 3.11 --machine x86_64 --glibc 2.36]
 
 Every host task takes --accept-new-host-key: the host's SSH key is checked
@@ -74,6 +75,10 @@ def _host(c, prefix: str | None, accept_new_host_key: bool) -> FeederHost:
     return FeederHost(c, layout)
 
 
+def _listed(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _fail(what: str, exc: Exception) -> Exit:
     return Exit(f"{what} failed: {exc}", code=1)
 
@@ -105,8 +110,7 @@ def deploy(c, prefix=None, config=None, wheelhouse=None, python="python3", run_a
 
 @task(help={"prefix": _PREFIX_HELP, "accept-new-host-key": _NEW_KEY_HELP})
 def status(c, prefix=None, accept_new_host_key=False):
-    """Show the current release, the processes and the API's health; exit 1
-    unless api, scheduler and scaler are RUNNING and /health answers success."""
+    """Show the release, the processes and /health; exit 1 unless all are healthy."""
     host = _host(c, prefix, accept_new_host_key)
     try:
         release = host.readlink(host.layout.current)
@@ -198,16 +202,20 @@ def logs(c, prefix=None, program=None, lines=50, accept_new_host_key=False):
             "region": "AWS region to build in", "instance-type": "build machine type",
             "ami-name": "AMI name prefix", "ami-version": "AMI version (default: a timestamp)",
             "subnet-id": "subnet of the build machine (default VPC if empty)",
-            "public": "share the AMI with every AWS account",
+            "public": "share the AMI with every AWS account (after marking it IMDSv2-only)",
+            "copy-to": "further regions to copy the AMI to, comma-separated",
+            "ssh-from": "addresses that may reach the build machine over SSH, comma-separated "
+                        "CIDRs (default: 0.0.0.0/0)",
             "packer": "packer executable (default: packer on PATH)",
             "wheelhouse": "use this wheelhouse (for Python 3.11 on x86_64) instead of building one"})
 def build_ami(c, config=None, region=None, instance_type="", ami_name="", ami_version="",
-              subnet_id="", public=False, packer=None, wheelhouse=None):
+              subnet_id="", public=False, copy_to="", ssh_from="", packer=None, wheelhouse=None):
     """Build the encoder AMI with Packer and print its id and the setting to use it."""
     settings = load_settings(config)
     request = ami_build.AmiRequest(region=region or settings.aws_region,
                                    instance_type=instance_type, ami_name=ami_name,
-                                   ami_version=ami_version, subnet_id=subnet_id, public=public)
+                                   ami_version=ami_version, subnet_id=subnet_id, public=public,
+                                   copy_regions=_listed(copy_to), ssh_source_cidrs=_listed(ssh_from))
     with tempfile.TemporaryDirectory(prefix="media-nommer-ami-") as scratch:
         try:
             ami = ami_build.build_ami(request, settings, Path(scratch), packer,
