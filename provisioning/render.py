@@ -23,6 +23,11 @@ from provisioning.layout import (ENCODER_STOP_GRACE_S, LOCAL_ENCODER_STOP_GRACE_
 UNIT_STOP_MARGIN_S = 30
 # The feeder's own programs' longest stopwaitsecs (the scheduler's).
 FEEDER_STOPWAITSECS = 15
+# Log rotation on the hosts, by supervisord: size of a log file before it is
+# rotated, and how many rotated files are kept.
+LOG_MAX_BYTES = "20MB"
+LOG_BACKUPS = 5
+_LOGS = {"log_max_bytes": LOG_MAX_BYTES, "log_backups": LOG_BACKUPS}
 # How long the encoder's boot start waits for supervisord's socket.
 BOOT_START_WAIT_S = 60
 
@@ -72,7 +77,8 @@ def render_feeder_supervisord(settings: Settings, layout: FeederLayout,
     nommerd slots when the backend is "local" (on "aws" encoders are EC2
     instances). `run_as`: the user supervisord drops to after it starts as
     root, or None to stay the user that starts it."""
-    common = {"python": layout.python, "nomconf": layout.nomconf, "log_dir": layout.log_dir}
+    common = {"python": layout.python, "nomconf": layout.nomconf, "log_dir": layout.log_dir,
+              **_LOGS}
     encoder_programs, encoder_note = "", "Encoders are EC2 instances (backend \"aws\")."
     if settings.backend == "local":
         encoder_note = "Encoders are the `nommerd` slots (backend \"local\")."
@@ -117,6 +123,7 @@ def render_feeder_unit(settings: Settings, layout: FeederLayout) -> str:
 def render_encoder_supervisord(layout: EncoderLayout) -> str:
     """The encoder AMI's supervisord.conf with its `nommerd` program."""
     return template("encoder-supervisord.conf").substitute(
+        _LOGS,
         nomconf=layout.nomconf,
         bin_dir=layout.bin_dir,
         run_dir=layout.run_dir,

@@ -29,8 +29,8 @@ import pytest
 from core.errors import ConfigError
 from core.settings import Settings
 from provisioning.hostcheck import check_supervisord
-from provisioning.layout import FeederLayout
-from provisioning.render import render_feeder_supervisord
+from provisioning.layout import EncoderLayout, FeederLayout
+from provisioning.render import render_encoder_supervisord, render_feeder_supervisord
 from provisioning.wheelhouse import release_id
 from tests.fixtures.deploy import (host_wheelhouse, HOST_PYTHON, FEEDER_PROGRAMS, Feeder,
                                    broken_scheduler_wheelhouse, owner_of, variant_wheelhouse,
@@ -391,3 +391,13 @@ def test_feeder_on_local_backend_has_one_slot_per_encoder(tmp_path):
 def test_supervisord_config_for_a_missing_user_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="no-such-user-here"):
         _parse_rendered(tmp_path, Settings(), "no-such-user-here")
+
+
+
+def test_every_log_on_a_host_is_rotated(tmp_path):
+    feeder = _parse_rendered(tmp_path, Settings(max_num_ec2_instances=2), None)
+    encoder = render_encoder_supervisord(EncoderLayout())
+    for text in (feeder, encoder):
+        logs = re.findall(r"^(?:stdout_)?logfile=", text, re.M)
+        assert len(re.findall(r"^(?:stdout_)?logfile_maxbytes=20MB$", text, re.M)) == len(logs)
+        assert len(re.findall(r"^(?:stdout_)?logfile_backups=5$", text, re.M)) == len(logs)
