@@ -39,8 +39,10 @@ source "amazon-ebs" "encoder" {
   ssh_username = "admin"
 
   // IMDSv2: Packer 1.6.6 knows neither `imds_support` nor
-  // `metadata_options` (a current Packer's way to require IMDSv2 on the
-  // build machine, see docs/provisioning.md). The image itself is marked imdsSupport=v2.0 by `fab build-ami`
+  // `metadata_options`. `fab build-ami` requires IMDSv2 on the build
+  // machine as soon as it runs (it finds it by the build_id run tag), and
+  // with a current Packer `metadata_options` can do it at launch (see
+  // docs/provisioning.md). The image itself is marked imdsSupport=v2.0 by `fab build-ami`
   // (ModifyImageAttribute) before it is shared; see docs/provisioning.md
   // for a hand build.
 
@@ -72,8 +74,9 @@ source "amazon-ebs" "encoder" {
   // The temporary build machine and its volume, so they are recognised
   // (and billed to the project) while the build runs.
   run_tags = {
-    Name    = "media-nommer-ami-build"
-    project = "media-nommer"
+    Name                 = "media-nommer-ami-build"
+    project              = "media-nommer"
+    "media-nommer-build" = var.build_id
   }
   run_volume_tags = {
     Name    = "media-nommer-ami-build"

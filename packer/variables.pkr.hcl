@@ -65,3 +65,9 @@ variable "manifest_path" {
   default     = "packer-manifest.json"
   description = "Where the manifest post-processor writes the new AMI id."
 }
+
+variable "build_id" {
+  type        = string
+  default     = ""
+  description = "Tag value that marks this build's temporary machine; `fab build-ami` finds it by it to require IMDSv2 on it."
+}

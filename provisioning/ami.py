@@ -16,6 +16,8 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import threading
+import uuid
 from pathlib import Path
 
 import boto3
@@ -29,6 +31,11 @@ from provisioning.wheelhouse import (ENCODER_TARGET, PROJECT_ROOT, build_wheelho
                                      project_version)
 
 TEMPLATE_DIR = PROJECT_ROOT / "packer"
+
+# The tag that marks this build's temporary machine (the template's
+# run_tags), so the watch below finds it and nothing else.
+BUILD_TAG = "media-nommer-build"
+BUILD_WATCH_INTERVAL_S = 3.0
 
 INSTALL_PACKER_HINT = (
     "install it (Debian: apt-get install packer; a current Packer also needs "
@@ -73,10 +80,12 @@ def check_credentials(region: str) -> None:
             "that may create AMIs")
 
 
-def packer_variables(request: AmiRequest, wheelhouse: Path, manifest: Path) -> dict[str, str]:
+def packer_variables(request: AmiRequest, wheelhouse: Path, manifest: Path,
+                     build_id: str = "") -> dict[str, str]:
     """-var values for packer/variables.pkr.hcl."""
     variables = {
         "region": request.region,
+        "build_id": build_id,
         "wheelhouse_dir": str(Path(wheelhouse).resolve()),
         "manifest_path": str(Path(manifest).resolve()),
         "project_version": project_version(wheelhouse),
@@ -125,6 +134,49 @@ def amis_from_manifest(manifest: Path) -> dict[str, str]:
         if ami.startswith("ami-"):
             amis[region] = ami
     return amis
+
+
+def require_imdsv2_on_build_machine(ec2, build_id: str) -> list[str]:
+    """Require IMDSv2 on this build's machines that do not yet; returns the
+    instance ids changed. Packer 1.6.6 cannot launch the machine that way
+    (it has no metadata_options), so it is changed as soon as it exists."""
+    found = ec2.describe_instances(Filters=[
+        {"Name": f"tag:{BUILD_TAG}", "Values": [build_id]},
+        {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    changed = []
+    for reservation in found["Reservations"]:
+        for instance in reservation["Instances"]:
+            if instance.get("MetadataOptions", {}).get("HttpTokens") == "required":
+                continue
+            ec2.modify_instance_metadata_options(InstanceId=instance["InstanceId"],
+                                                 HttpTokens="required", HttpEndpoint="enabled")
+            changed.append(instance["InstanceId"])
+    return changed
+
+
+class BuildMachineWatch(threading.Thread):
+    """While Packer runs: require IMDSv2 on the build machine once it is
+    launched (a pending machine may refuse; the next look tries again)."""
+
+    def __init__(self, region: str, build_id: str, settings: Settings):
+        super().__init__(name="imdsv2-watch", daemon=True)
+        self.ec2 = client(dataclasses.replace(settings, aws_region=region), "ec2")
+        self.build_id = build_id
+        self.changed: list[str] = []
+        self.last_error = ""
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(BUILD_WATCH_INTERVAL_S):
+            try:
+                with aws_errors("require IMDSv2 on the build machine"):
+                    self.changed += require_imdsv2_on_build_machine(self.ec2, self.build_id)
+            except BackendError as exc:
+                self.last_error = str(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=60)
 
 
 def ami_from_manifest(manifest: Path, region: str) -> str:
@@ -191,7 +243,16 @@ def build_ami(request: AmiRequest, settings: Settings, scratch: Path,
           flush=True)
     wheels = wheelhouse or build_wheelhouse(scratch / "wheelhouse", ENCODER_TARGET)
     manifest = scratch / "packer-manifest.json"
-    run_packer(packer_path, packer_variables(request, wheels, manifest))
+    build_id = uuid.uuid4().hex
+    watch = BuildMachineWatch(request.region, build_id, settings)
+    watch.start()
+    try:
+        run_packer(packer_path, packer_variables(request, wheels, manifest, build_id))
+    finally:
+        watch.stop()
+    if not watch.changed:
+        print(f"warning: IMDSv2 was not required on the build machine: "
+              f"{watch.last_error or 'it was not found'}", flush=True)
     ami = ami_from_manifest(manifest, request.region)
     publish(amis_from_manifest(manifest), settings, request.public)
     return ami

@@ -191,3 +191,29 @@ def test_a_blocked_account_leaves_the_image_private_and_says_how_to_share(monkey
     with pytest.raises(ProvisioningError, match="stays private: this account blocks public"):
         publish({"eu-west-1": "ami-0new"}, Settings(), public=True)
     stubber.assert_no_pending_responses()  # and no launch permission was asked for
+
+
+def test_the_build_machine_of_this_build_is_made_to_require_imdsv2(moto_server):
+    import boto3
+
+    from provisioning.ami import BUILD_TAG, require_imdsv2_on_build_machine
+
+    ec2 = boto3.client("ec2", endpoint_url=moto_server.endpoint_url, region_name="eu-west-1",
+                       aws_access_key_id="AKIAPACKERTEST000001", aws_secret_access_key="x")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+
+    def launch(build_id: str) -> str:
+        return ec2.run_instances(
+            ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+            TagSpecifications=[{"ResourceType": "instance",
+                                "Tags": [{"Key": BUILD_TAG, "Value": build_id}]}],
+        )["Instances"][0]["InstanceId"]
+
+    ours, theirs = launch("build-ours"), launch("build-theirs")
+    assert require_imdsv2_on_build_machine(ec2, "build-ours") == [ours]
+    tokens = {instance["InstanceId"]: instance["MetadataOptions"].get("HttpTokens")
+              for reservation in ec2.describe_instances(InstanceIds=[ours, theirs])["Reservations"]
+              for instance in reservation["Instances"]}
+    assert tokens[ours] == "required" and tokens[theirs] != "required"
+    assert require_imdsv2_on_build_machine(ec2, "build-ours") == []  # once is enough
+    ec2.terminate_instances(InstanceIds=[ours, theirs])
