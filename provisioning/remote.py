@@ -117,9 +117,9 @@ class Host:
         regroup = f"chgrp {q(group)} {temporary} && " if group else ""
         # The subshell's umask creates the file with `mode`; root's group
         # may read it until chgrp, no one else.
-        self.must(f"(umask {umask:03o} && rm -f {temporary} && cat > {temporary}) && "
-                  f"{regroup}chmod {mode:o} {temporary} && mv -f {temporary} {q(path)}",
-                  f"writing {path}", stdin=text)
+        self.must(f"{{ (umask {umask:03o} && rm -f {temporary} && cat > {temporary}) && "
+                  f"{regroup}chmod {mode:o} {temporary} && mv -f {temporary} {q(path)}; }} || "
+                  f"{{ rm -f {temporary}; exit 1; }}", f"writing {path}", stdin=text)
 
     def put_file(self, local, remote: str) -> None:
         """Upload `local` (a path or a binary file object) to `remote` (owned
