@@ -5,7 +5,7 @@ programs dropped to a service user made for the test as well. This machine
 has no systemd, so supervisord runs as a daemon of its own (`--systemd
 auto` finds that out); everything else is what a real host gets.
 
-Releases: wheelhouse A (built once per session), B (the same with another
+Releases: wheelhouse A (built once per test run), B (the same with another
 project version) and a broken one whose scheduler exits at start. The
 module's tests share one host and run in order: first deploy, repeat,
 status, switch to B, rollback, a cut-off deploy, pruning, the lock, failed
