@@ -346,7 +346,8 @@ def test_deploy_whose_api_cannot_start_fails_loudly_and_keeps_the_previous_runni
 
 
 @needs_root_sshd
-def test_a_failed_first_deploy_leaves_the_host_as_it_found_it(host_root, broken_wheelhouse):
+def test_a_failed_first_deploy_leaves_the_host_as_it_found_it(host_root, broken_wheelhouse,
+                                                             wheelhouse_b):
     root, sshd = host_root
     host = Feeder(sshd, root / "operator-2", root / "srv" / "media-nommer",
                   unique_name("mn-svc"), free_port())
@@ -359,6 +360,12 @@ def test_a_failed_first_deploy_leaves_the_host_as_it_found_it(host_root, broken_
         assert sorted(path.name for path in host.prefix.parent.iterdir()) == []
         assert subprocess.run(["id", host.service_user], capture_output=True).returncode != 0
         assert wait_gone(processes_under(host.prefix), 30) == []
+        # As found: a good release deploys there as on a fresh host.
+        result = host.deploy(wheelhouse_b)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert "started supervisord" in result.stdout
+        assert host.current() == f"releases/{release_id(wheelhouse_b)}"
+        _running(host)
     finally:
         host.stop()
         _remove_user(host.service_user)
