@@ -368,7 +368,8 @@ class Worker:
         held.advance(JobState.ENCODING)
         info = check_source(self.ffmpeg, source)
         output = os.path.join(work_dir, output_name(held.job.destination))
-        argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output, work_dir)
+        argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output,
+                                 work_dir, duration_s=info.duration_s)
 
         def on_progress(percent: int) -> None:
             if not held.heartbeat(progress=percent):

@@ -69,6 +69,8 @@ def _job_item(job: Job, version: int) -> dict:
         "version": {"N": str(version)},
         "created_key": {"S": _created_key(job)},
         "listing": {"S": _LISTING},
+        "sent_options": _string(None if job.sent_options is None
+                                else json.dumps(job.sent_options, sort_keys=True)),
     }
 
 
@@ -83,7 +85,14 @@ def _job_from_item(item: dict) -> Job:
         updated_at=text_to_time(item["updated_at"]["S"]),
         lease_expires_at=text_to_time(_unstring(item["lease_expires_at"])),
         version=int(item["version"]["N"]),
+        sent_options=_sent_options(item),
     )
+
+
+def _sent_options(item: dict) -> dict | None:
+    # Items written before the field existed have no attribute at all.
+    text = _unstring(item["sent_options"]) if "sent_options" in item else None
+    return json.loads(text) if text else None
 
 
 def _encode_cursor(created_key: str) -> str:

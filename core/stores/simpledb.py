@@ -39,7 +39,8 @@ MAX_ITEM_ATTRIBUTES = 256
 # A select answers at most 2500 items a page.
 MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
-_TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options")
+_TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options",
+                "sent_options")
 
 
 def _sdb_time(value) -> str:
@@ -69,7 +70,9 @@ def _chunks(field: str, value) -> list[tuple[str, str]]:
         (f"{field}__{index}", part) for index, part in enumerate(parts)]
 
 
-def _joined(attrs: dict[str, str], field: str):
+def _joined(attrs: dict[str, str], field: str, missing_ok: bool = False):
+    if missing_ok and f"{field}__count" not in attrs:
+        return None  # an item written before the field existed
     count = int(attrs[f"{field}__count"])
     return json.loads("".join(attrs[f"{field}__{index}"] for index in range(count)))
 
@@ -108,6 +111,7 @@ def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
         updated_at=text_to_time(attrs["updated_at"]),
         lease_expires_at=text_to_time(attrs["lease_expires_at"]),
         version=int(attrs["version"]),
+        sent_options=_joined(attrs, "sent_options", missing_ok=True),
     )
 
 

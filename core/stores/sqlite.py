@@ -15,9 +15,10 @@ from core.jobs import Job, JobState
 from core.sqlite_db import SQLiteDatabase, translate_errors
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
-# Schema version 1. A later version adds its migration here and bumps the
-# row in schema_versions (shared with the queues, one row per component).
-SCHEMA_VERSION = 1
+# Schema version 3 (2 added sent_options, 3 the nodes' draining mark; see
+# _migrate). A later version adds its migration there and bumps the row in
+# schema_versions (shared with the queues, one row per component).
+SCHEMA_VERSION = 3
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_versions (
         component TEXT PRIMARY KEY,
@@ -37,7 +38,9 @@ _SCHEMA = [
         created_at TEXT NOT NULL,           -- ISO-8601 UTC, fixed width
         updated_at TEXT NOT NULL,
         lease_expires_at TEXT,
-        version INTEGER NOT NULL)""",
+        version INTEGER NOT NULL,
+        sent_options TEXT)                  -- JSON object, or NULL
+    """,
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id)",
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -51,7 +54,7 @@ _SCHEMA = [
 
 _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
                 "state_details", "progress", "attempts", "node", "created_at",
-                "updated_at", "lease_expires_at", "version")
+                "updated_at", "lease_expires_at", "version", "sent_options")
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 
@@ -65,6 +68,8 @@ def _job_params(job: Job, version: int) -> dict:
         "updated_at": time_to_text(job.updated_at),
         "lease_expires_at": time_to_text(job.lease_expires_at),
         "version": version,
+        "sent_options": (None if job.sent_options is None
+                         else json.dumps(job.sent_options, sort_keys=True)),
     }
 
 
@@ -79,6 +84,7 @@ def _job_from_row(row: tuple) -> Job:
         updated_at=text_to_time(values["updated_at"]),
         lease_expires_at=text_to_time(values["lease_expires_at"]),
         version=values["version"],
+        sent_options=json.loads(values["sent_options"]) if values["sent_options"] else None,
     )
 
 
@@ -91,15 +97,22 @@ class SQLiteJobStore(JobStore):
 
     def __init__(self, path: str):
         self._db = SQLiteDatabase(path, _SCHEMA)
-        self._add_draining_column()
+        with translate_errors(f"migrating {path}"):
+            self._migrate()
 
-    def _add_draining_column(self) -> None:
-        # A database written before nodes had a draining mark gets the column.
-        with translate_errors("open store"):
-            conn = self._db.connection()
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
-            if "draining" not in columns:
+    def _migrate(self) -> None:
+        """Bring a database made by an older version up to SCHEMA_VERSION."""
+        # BEGIN IMMEDIATE: processes opening an old file together take turns,
+        # and each sees whether another has already added the column.
+        with self._db.write_transaction() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "sent_options" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN sent_options TEXT")
+            node_columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
+            if "draining" not in node_columns:
                 conn.execute("ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0")
+            conn.execute("UPDATE schema_versions SET version = ? WHERE component = 'jobs'",
+                         (SCHEMA_VERSION,))
 
     def create_job(self, job: Job) -> Job:
         """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
