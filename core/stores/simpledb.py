@@ -277,8 +277,21 @@ class SimpleDBJobStore(JobStore):
             nodes.append(Node(id=item["Name"], state=attrs["state"],
                               active_jobs=int(attrs["active_jobs"]),
                               last_report=text_to_time(attrs["last_report_dtime"]),
-                              started_at=text_to_time(attrs["started_at"])))
+                              started_at=text_to_time(attrs["started_at"]),
+                              draining=attrs.get("draining") == "1"))
         return sorted(nodes, key=lambda node: node.id)
+
+    def mark_node_draining(self, node_id: str) -> None:
+        """Set encoder `node_id`'s draining mark; no error if unknown (put_node
+        writes only its own attributes, so it keeps the mark)."""
+        try:
+            with aws_errors("mark node draining"):
+                self._client.put_attributes(
+                    DomainName=self.nodes_domain, ItemName=node_id,
+                    Attributes=[{"Name": "draining", "Value": "1", "Replace": True}],
+                    Expected={"Name": "id", "Value": node_id, "Exists": True})
+        except (ConflictError, NotFound):
+            pass  # no such report: nothing to mark
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown (SimpleDB's own behaviour)."""

@@ -15,10 +15,10 @@ from core.jobs import Job, JobState
 from core.sqlite_db import SQLiteDatabase, translate_errors
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
-# Schema version 2 (2 added sent_options; see _migrate). A later version
-# adds its migration there and bumps the row in schema_versions (shared
-# with the queues, one row per component).
-SCHEMA_VERSION = 2
+# Schema version 3 (2 added sent_options, 3 the nodes' draining mark; see
+# _migrate). A later version adds its migration there and bumps the row in
+# schema_versions (shared with the queues, one row per component).
+SCHEMA_VERSION = 3
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_versions (
         component TEXT PRIMARY KEY,
@@ -48,7 +48,8 @@ _SCHEMA = [
         state TEXT NOT NULL,
         active_jobs INTEGER NOT NULL,
         last_report TEXT NOT NULL,
-        started_at TEXT NOT NULL)""",
+        started_at TEXT NOT NULL,
+        draining INTEGER NOT NULL DEFAULT 0)""",
     # The system's figures (core.metrics); added with no migration.
     """CREATE TABLE IF NOT EXISTS counters (
         name TEXT PRIMARY KEY,
@@ -111,6 +112,9 @@ class SQLiteJobStore(JobStore):
             columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
             if "sent_options" not in columns:
                 conn.execute("ALTER TABLE jobs ADD COLUMN sent_options TEXT")
+            node_columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
+            if "draining" not in node_columns:
+                conn.execute("ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0")
             conn.execute("UPDATE schema_versions SET version = ? WHERE component = 'jobs'",
                          (SCHEMA_VERSION,))
 
@@ -207,9 +211,12 @@ class SQLiteJobStore(JobStore):
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id`."""
         with translate_errors("put node"):
+            # An upsert that leaves `draining` as it is: only the scaler sets it.
             self._db.connection().execute(
-                "INSERT OR REPLACE INTO nodes (id, state, active_jobs, last_report, started_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO nodes (id, state, active_jobs, last_report, started_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " state = excluded.state, active_jobs = excluded.active_jobs,"
+                " last_report = excluded.last_report, started_at = excluded.started_at",
                 (node.id, node.state, node.active_jobs,
                  time_to_text(node.last_report), time_to_text(node.started_at)))
 
@@ -217,10 +224,17 @@ class SQLiteJobStore(JobStore):
         """Every encoder report, by id."""
         with translate_errors("list nodes"):
             rows = self._db.connection().execute(
-                "SELECT id, state, active_jobs, last_report, started_at FROM nodes ORDER BY id"
+                "SELECT id, state, active_jobs, last_report, started_at, draining"
+                " FROM nodes ORDER BY id"
             ).fetchall()
         return [Node(id=r[0], state=r[1], active_jobs=r[2], last_report=text_to_time(r[3]),
-                     started_at=text_to_time(r[4])) for r in rows]
+                     started_at=text_to_time(r[4]), draining=bool(r[5])) for r in rows]
+
+    def mark_node_draining(self, node_id: str) -> None:
+        """Set encoder `node_id`'s draining mark; no error if unknown."""
+        with translate_errors("mark node draining"):
+            self._db.connection().execute("UPDATE nodes SET draining = 1 WHERE id = ?",
+                                          (node_id,))
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown."""

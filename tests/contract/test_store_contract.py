@@ -303,6 +303,28 @@ def test_sqlite_store_used_after_close_is_a_backend_error(tmp_path):
         store.get_job("job-1")
 
 
+def test_a_draining_mark_survives_the_encoders_own_reports(store):
+    started = datetime(2024, 5, 1, 11, 0, tzinfo=timezone.utc)
+    report = Node(id="encoder-a", state="idle", active_jobs=0,
+                  last_report=started, started_at=started)
+    store.put_node(report)
+    assert store.get_node("encoder-a").draining is False
+    store.mark_node_draining("encoder-a")
+    # The encoder's next report (which knows nothing of the mark) keeps it.
+    store.put_node(dataclasses.replace(report, state="working", active_jobs=1,
+                                       last_report=started + timedelta(seconds=5)))
+    node = store.get_node("encoder-a")
+    assert (node.draining, node.state, node.active_jobs) == (True, "working", 1)
+    # Marking an encoder that never reported creates nothing.
+    store.mark_node_draining("never-seen")
+    assert [n.id for n in store.list_nodes()] == ["encoder-a"]
+    assert store.get_node("never-seen") is None
+    # A new report after the old one is deleted starts unmarked.
+    store.delete_node("encoder-a")
+    store.put_node(report)
+    assert store.get_node("encoder-a").draining is False
+
+
 def test_sqlite_store_opens_a_database_made_before_sent_options(tmp_path):
     import sqlite3
     path = tmp_path / "old.sqlite"
@@ -333,3 +355,23 @@ def test_sqlite_store_opens_a_database_made_before_sent_options(tmp_path):
         assert reopened.get_job("new-1").sent_options == {"preset": "mp4-720p"}
     finally:
         reopened.close()
+
+
+def test_sqlite_store_opens_a_database_made_before_the_draining_mark(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE nodes (id TEXT PRIMARY KEY, state TEXT NOT NULL,
+            active_jobs INTEGER NOT NULL, last_report TEXT NOT NULL, started_at TEXT NOT NULL);
+        INSERT INTO nodes VALUES ('encoder-a', 'idle', 0, '2024-05-01T12:00:00.000000+00:00',
+            '2024-05-01T11:00:00.000000+00:00');
+    """)
+    old.close()
+    store = SQLiteJobStore(str(path))
+    try:
+        assert store.get_node("encoder-a").draining is False
+        store.mark_node_draining("encoder-a")
+        assert store.get_node("encoder-a").draining is True
+    finally:
+        store.close()
