@@ -18,15 +18,23 @@ attribute so a listing needs no second read:
 
 Reads of a job are consistent (get_item ConsistentRead). Index queries
 cannot be: a listing may trail a write by a moment. Every write of a job is
-a put_item conditional on its `version`. botocore errors are translated by
-core.aws.aws_errors.
+conditional on its `version` and carries a fresh random `write_token`.
+botocore resends a write whose answer was lost (a 500 or a read timeout
+after DynamoDB applied it), and the resend fails its condition; the failure
+returns the stored item (ReturnValuesOnConditionCheckFailure), and when its
+version and token are the ones this call wrote, the write took and counts
+as done. A write that failed for good is checked the same way with one
+consistent read. botocore errors are translated by core.aws.aws_errors.
 """
 from __future__ import annotations
 
 import json
+import uuid
 
-from core.aws import aws_errors, client as aws_client
-from core.errors import ConflictError, NotFound, ValidationError
+import botocore.exceptions
+
+from core.aws import aws_errors, client as aws_client, error_code
+from core.errors import BackendError, ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.settings import Settings
@@ -51,8 +59,13 @@ def _created_key(job: Job) -> str:
     return f"{time_to_text(job.created_at)}|{job.id}"
 
 
-def _job_item(job: Job, version: int) -> dict:
+def new_write_token() -> str:
+    return uuid.uuid4().hex
+
+
+def _job_item(job: Job, version: int, token: str) -> dict:
     return {
+        "write_token": {"S": token},
         "id": {"S": job.id},
         "source": {"S": job.source},
         "destination": {"S": job.destination},
@@ -70,6 +83,12 @@ def _job_item(job: Job, version: int) -> dict:
         "created_key": {"S": _created_key(job)},
         "listing": {"S": _LISTING},
     }
+
+
+def _same_write(stored: dict, written: dict) -> bool:
+    """Whether `stored` is the item `written` put (same version and token)."""
+    return (stored.get("version") == written["version"]
+            and stored.get("write_token") == written["write_token"])
 
 
 def _job_from_item(item: dict) -> Job:
@@ -147,15 +166,13 @@ class DynamoDBJobStore(JobStore):
             self._client.close()
 
     def create_job(self, job: Job) -> Job:
-        """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
-        item = _job_item(job, version=1)
-        try:
-            with aws_errors("create job"):
-                self._client.put_item(TableName=self.table_name, Item=item,
-                                      ConditionExpression="attribute_not_exists(#id)",
-                                      ExpressionAttributeNames={"#id": "id"})
-        except ConflictError:
-            raise ConflictError(f"job {job.id} already exists") from None
+        """Store `job` as version 1 and return it. Raises ConflictError if the id exists
+        (and was not written by this call: see the module docstring)."""
+        item = _job_item(job, version=1, token=new_write_token())
+        took = self._conditional_put(item, "attribute_not_exists(#id)", {"#id": "id"}, {},
+                                     "create job")
+        if not took:
+            raise ConflictError(f"job {job.id} already exists")
         return _job_from_item(item)
 
     def get_job(self, job_id: str) -> Job:
@@ -182,20 +199,62 @@ class DynamoDBJobStore(JobStore):
         #   A: get v ----- put if v -> ok (v + 1)
         #   B: get v ------------------- put if v -> ConditionalCheckFailed
         #
-        # A missing item fails the same condition; one consistent read then
-        # tells "gone" (NotFound) from "changed" (ConflictError).
-        item = _job_item(job, version=expected_version + 1)
-        try:
-            with aws_errors("update job"):
-                self._client.put_item(
-                    TableName=self.table_name, Item=item,
-                    ConditionExpression="attribute_exists(#id) AND #version = :expected",
-                    ExpressionAttributeNames={"#id": "id", "#version": "version"},
-                    ExpressionAttributeValues={":expected": {"N": str(expected_version)}})
-        except ConflictError:
-            self.get_job(job.id)  # raises NotFound if the job is gone
-            raise ConflictError(f"job {job.id} changed since version {expected_version}") from None
+        # A missing item fails the same condition and returns no item: NotFound.
+        #
+        # A write whose answer was lost is resent by botocore; the resend
+        # fails the condition although the first one took:
+        #
+        #   A: put if v (token t) -> applied, answer lost -> put if v -> failed, item: v + 1, t
+        #   A: that is our own write: success
+        item = _job_item(job, version=expected_version + 1, token=new_write_token())
+        took = self._conditional_put(
+            item, "attribute_exists(#id) AND #version = :expected",
+            {"#id": "id", "#version": "version"},
+            {":expected": {"N": str(expected_version)}}, "update job")
+        if took is None:
+            raise NotFound(f"job {job.id} not found")
+        if not took:
+            raise ConflictError(f"job {job.id} changed since version {expected_version}")
         return _job_from_item(item)
+
+    def _conditional_put(self, item: dict, condition: str, names: dict, values: dict,
+                         what: str) -> bool | None:
+        """put_item `item` if `condition` holds. True if it took (also when
+        only an earlier, lost attempt of this call did), False if the
+        condition failed against another write, None if it failed on no item.
+        Raises BackendError."""
+        request = {"TableName": self.table_name, "Item": item, "ConditionExpression": condition,
+                   "ExpressionAttributeNames": names,
+                   "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        if values:
+            request["ExpressionAttributeValues"] = values
+        try:
+            with aws_errors(what):
+                try:
+                    self._client.put_item(**request)
+                    return True
+                except botocore.exceptions.ClientError as exc:
+                    if error_code(exc) != "ConditionalCheckFailedException":
+                        raise
+                    stored = exc.response.get("Item")
+        except BackendError:
+            # Failed for good (after retries): it may still have taken.
+            try:
+                stored = self._raw_item(item["id"]["S"])
+            except BackendError:
+                stored = None
+            if stored is None or not _same_write(stored, item):
+                raise
+            return True
+        if not stored:
+            return None
+        return _same_write(stored, item)
+
+    def _raw_item(self, job_id: str) -> dict | None:
+        with aws_errors("check job write"):
+            answer = self._client.get_item(TableName=self.table_name,
+                                           Key={"id": {"S": job_id}}, ConsistentRead=True)
+        return answer.get("Item")
 
     def list_jobs(self, state: JobState | None = None, limit: int = 50,
                   cursor: str | None = None) -> tuple[list[Job], str | None]:
