@@ -21,6 +21,7 @@ import logging
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
 from core.backends import Backends, open_backends, open_fleet
 from core.daemon import configure_logging, run_until_signalled
@@ -45,6 +46,10 @@ REPORT_SKEW_S = 5.0
 # taken as running and idle, so the predictive policy can stop one that
 # never comes up.
 UNREPORTED_BOOTS = 3
+# EC2 may list an instance that RunInstances started only seconds later
+# (eventual consistency). A launched id counts as a pending encoder until
+# the fleet lists it, or this long after launch.
+LAUNCH_MEMORY_S = 600.0
 
 
 @dataclasses.dataclass
@@ -53,10 +58,23 @@ class FleetMemory:
 
     idle_since_s: encoder id -> when this process first saw it idle.
     last_scale_in_s: when it last stopped encoders.
+    launched_s: encoder id -> when this process launched it, until the fleet lists it.
     """
 
     idle_since_s: dict[str, float] = dataclasses.field(default_factory=dict)
     last_scale_in_s: float | None = None
+    launched_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def with_unlisted(self, listed: list[Encoder], now_s: float) -> list[Encoder]:
+        """`listed` plus, as pending, the encoders launched here that the fleet
+        does not list yet; forgets those it lists (or launched too long ago)."""
+        seen = {encoder.id for encoder in listed}
+        for encoder_id, at_s in list(self.launched_s.items()):
+            if encoder_id in seen or now_s - at_s > LAUNCH_MEMORY_S:
+                del self.launched_s[encoder_id]
+        return listed + [Encoder(id=encoder_id, state="pending",
+                                 launched_at=datetime.fromtimestamp(at_s, timezone.utc))
+                         for encoder_id, at_s in sorted(self.launched_s.items())]
 
 
 def encoder_view(encoder: Encoder, node: Node | None, memory: FleetMemory,
@@ -129,7 +147,8 @@ class Scaler:
         """Read the backlog and the fleet. Raises BackendError."""
         queued, in_flight = self.backends.new_jobs.counts()
         unfinished = self.backends.store.count_jobs(UNFINISHED_STATES)
-        live = [e for e in self.fleet.list_encoders() if e.state in ("pending", "running")]
+        listed = self.memory.with_unlisted(self.fleet.list_encoders(), now_s)
+        live = [e for e in listed if e.state in ("pending", "running")]
         nodes = {node.id: node for node in self.backends.store.list_nodes()}
         views = tuple(encoder_view(e, nodes.get(e.id), self.memory,
                                    self.policy.boot_time_estimate_s, now_s) for e in live)
@@ -158,7 +177,9 @@ class Scaler:
             for encoder_id in decision.stop:
                 self.memory.idle_since_s.pop(encoder_id, None)
         if decision.launch:
-            return self.fleet.launch(decision.launch)
+            launched = self.fleet.launch(decision.launch)
+            self.memory.launched_s.update((encoder_id, now_s) for encoder_id in launched)
+            return launched
         return []
 
     def step(self, now_s: float | None = None) -> Decision:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 
 import botocore.exceptions
 
@@ -136,7 +137,9 @@ class EC2Fleet(Fleet):
         returns their instance ids."""
         if count < 1:
             return []
-        request = self._run_request(count)
+        # A ClientToken makes RunInstances idempotent: botocore's resend of a
+        # launch whose answer was lost returns the same instances, not more.
+        request = dict(self._run_request(count), ClientToken=uuid.uuid4().hex)
         with aws_errors(f"launch {count} encoder instances"):
             try:
                 reply = self._ec2.run_instances(**request)
@@ -145,7 +148,8 @@ class EC2Fleet(Fleet):
                 # as it has (MinCount=1) rather than none.
                 if error_code(exc) not in _NO_CAPACITY_CODES or count == 1:
                     raise
-                reply = self._ec2.run_instances(**dict(request, MinCount=1))
+                reply = self._ec2.run_instances(
+                    **dict(request, MinCount=1, ClientToken=uuid.uuid4().hex))
         return [instance["InstanceId"] for instance in reply.get("Instances", [])]
 
     def stop(self, encoder_ids: list[str]) -> None:
