@@ -89,8 +89,9 @@ class Queue(abc.ABC):
     """
 
     @abc.abstractmethod
-    def send(self, body: str) -> str:
-        """Enqueue `body`; returns the message id."""
+    def send(self, body: str, delay_s: float = 0.0) -> str:
+        """Enqueue `body`, visible after `delay_s` (at most 900 s, SQS's limit);
+        returns the message id."""
 
     @abc.abstractmethod
     def receive(self, max_messages: int = 1, wait_s: float = 0.0,

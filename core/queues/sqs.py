@@ -27,6 +27,7 @@ from core.settings import Settings
 MAX_WAIT_S = 20
 MAX_MESSAGES_PER_RECEIVE = 10
 MAX_VISIBILITY_TIMEOUT_S = 43200
+MAX_DELAY_S = 900
 
 # A long poll whose remaining time is below this is not worth another request.
 _WAIT_SLACK_S = 0.05
@@ -39,6 +40,25 @@ _UNKNOWN_RECEIPT_CODES = frozenset({
     "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight",
     "AWS.SimpleQueueService.ReceiptHandleIsInvalid",
 })
+# SQS also refuses a receipt handle past its message's 12 h in flight, or of
+# a message that is no longer in flight, with InvalidParameterValue ("Value
+# ... for parameter ReceiptHandle is invalid. Reason: The receipt handle has
+# expired." / "... Message does not exist or is not available for
+# visibility timeout change."); other InvalidParameterValue errors are not that.
+_STALE_RECEIPT_REASONS = ("receipt handle has expired", "message does not exist",
+                          "not available for visibility timeout change")
+
+
+def _is_unknown_receipt(exc: botocore.exceptions.ClientError) -> bool:
+    code = error_code(exc)
+    if code in _UNKNOWN_RECEIPT_CODES:
+        return True
+    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+    return (code in ("InvalidParameterValue", "AWS.SimpleQueueService.InvalidParameterValue")
+            and "receipthandle" in message.replace(" ", "")
+            and any(reason in message for reason in _STALE_RECEIPT_REASONS))
+
+
 _QUEUE_EXISTS_CODES = frozenset({
     "QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueNameExists",
 })
@@ -82,11 +102,14 @@ class SQSQueue(Queue):
                    visibility_timeout_s=settings.visibility_timeout_s,
                    dead_letter_after=dead_letter_after, owns_client=True)
 
-    def send(self, body: str) -> str:
-        """Enqueue `body`; returns the SQS message id."""
+    def send(self, body: str, delay_s: float = 0.0) -> str:
+        """Enqueue `body`, visible after `delay_s` (DelaySeconds, rounded up,
+        at most 900 s); returns the SQS message id."""
+        delay_whole_s = _whole_seconds(delay_s, MAX_DELAY_S)
         url = self._url()
         with self._errors("send to"):
-            return self._client.send_message(QueueUrl=url, MessageBody=body)["MessageId"]
+            return self._client.send_message(QueueUrl=url, MessageBody=body,
+                                             DelaySeconds=delay_whole_s)["MessageId"]
 
     def receive(self, max_messages: int = 1, wait_s: float = 0.0,
                 visibility_timeout_s: float | None = None) -> list[Message]:
@@ -124,16 +147,17 @@ class SQSQueue(Queue):
             try:
                 self._client.delete_message(QueueUrl=url, ReceiptHandle=receipt)
             except botocore.exceptions.ClientError as exc:
-                if error_code(exc) not in _UNKNOWN_RECEIPT_CODES:
+                if not _is_unknown_receipt(exc):
                     raise
 
     def extend(self, receipt: str, visibility_timeout_s: float) -> None:
         """Hide the message for `visibility_timeout_s` seconds from now
         (ChangeMessageVisibility; rounded up to whole seconds, at most 12 h).
 
-        Raises NotFound if SQS no longer knows `receipt` (the message was
-        deleted, or the receipt is malformed); a superseded receipt may
-        still extend, as SQS accepts old receipt handles.
+        Raises NotFound if SQS no longer takes `receipt` (the message was
+        deleted, is no longer in flight, passed its 12 h in flight, or the
+        receipt is malformed); a superseded receipt may still extend, as SQS
+        accepts old receipt handles.
         """
         timeout_whole_s = _whole_seconds(visibility_timeout_s, MAX_VISIBILITY_TIMEOUT_S)
         url = self._url()
@@ -143,7 +167,7 @@ class SQSQueue(Queue):
                 self._client.change_message_visibility(
                     QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=timeout_whole_s)
             except botocore.exceptions.ClientError as exc:
-                if error_code(exc) not in _UNKNOWN_RECEIPT_CODES:
+                if not _is_unknown_receipt(exc):
                     raise
                 unknown = True
         if unknown:

@@ -247,7 +247,11 @@ class DynamoDBJobStore(JobStore):
                 raise
             return True
         if not stored:
-            return None
+            # No item came back: the item is missing, or the service does not
+            # return it (older emulators); one consistent read tells.
+            stored = self._raw_item(item["id"]["S"])
+            if stored is None:
+                return None
         return _same_write(stored, item)
 
     def _raw_item(self, job_id: str) -> dict | None:
