@@ -164,6 +164,12 @@ class Scaler:
     def decide(self, obs: Observation, now_s: float) -> Decision:
         """The policy's decision, without launches when launches are not allowed."""
         decision = decide(obs, self.policy, now_s)
+        # The fleet never grows past the maximum, whatever the policy asks
+        # (the original rule caps one launch, not the fleet).
+        room = max(0, self.policy.max_encoders - len(obs.encoders))
+        if decision.launch > room:
+            decision = dataclasses.replace(
+                decision, launch=room, reason=decision.reason + f"; capped at {room} by the maximum")
         if decision.launch and not self.settings.feederd_allow_ec2_launches:
             decision = dataclasses.replace(
                 decision, launch=0, reason=decision.reason + "; launches disabled")
