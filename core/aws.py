@@ -27,6 +27,8 @@ _NOT_FOUND_CODES = frozenset({
     "InvalidInstanceID.NotFound", "AttributeDoesNotExist",
 })
 _CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "ConditionalCheckFailedException"})
+# A domain or table that is missing: for a store, a broken backend, not a missing record.
+_CONTAINER_MISSING_CODES = frozenset({"NoSuchDomain", "ResourceNotFoundException"})
 
 
 def client(settings: Settings, service: str, *, max_attempts: int = RETRY_MAX_ATTEMPTS,
@@ -47,12 +49,16 @@ def error_code(exc: botocore.exceptions.ClientError) -> str:
 
 
 @contextlib.contextmanager
-def aws_errors(what: str):
+def aws_errors(what: str, *, missing_container_is_error: bool = False):
     """Translate botocore errors raised inside the block into core.errors types.
 
     ConditionalCheckFailed -> ConflictError; not-found codes -> NotFound;
     anything else (throttling after retries, 5xx, no connection, no
     credentials) -> BackendError. `what` names the operation in the message.
+    With `missing_container_is_error`, a missing SimpleDB domain or DynamoDB
+    table is a BackendError: a job store's reads and writes must not take a
+    deleted domain for a missing job (the API would answer 404, an encoder
+    drop the job's message).
     """
     try:
         yield
@@ -61,6 +67,8 @@ def aws_errors(what: str):
         message = exc.response.get("Error", {}).get("Message", "")
         if code in _CONFLICT_CODES:
             raise ConflictError(f"{what}: {code}") from None
+        if missing_container_is_error and code in _CONTAINER_MISSING_CODES:
+            raise BackendError(f"{what}: {code} {message}".strip()) from None
         if code in _NOT_FOUND_CODES:
             raise NotFound(f"{what}: {code} {message}".strip()) from None
         raise BackendError(f"{what}: {code} {message}".strip()) from None

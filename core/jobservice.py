@@ -11,7 +11,7 @@ import logging
 from datetime import datetime, timedelta
 
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
-                         NotFound)
+                         NotFound, ValidationError)
 from core.interfaces import JobStore, Queue
 from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, transition,
                        utcnow)
@@ -155,8 +155,15 @@ class JobService:
                 page, cursor = self.store.list_jobs(state=state, limit=100, cursor=cursor)
                 for job in page:
                     if job.updated_at < cutoff:
-                        done = self._force(job.id, JobState.ABANDONED,
-                                           f"no update for {older_than_s:.0f} s", stale_before=cutoff)
+                        try:
+                            done = self._force(job.id, JobState.ABANDONED,
+                                               f"no update for {older_than_s:.0f} s",
+                                               stale_before=cutoff)
+                        except ValidationError as exc:
+                            # The store refuses this job's record (too large):
+                            # the others are still abandoned.
+                            log.error("job %s could not be abandoned: %s", job.id, exc)
+                            continue
                         if done is not None:
                             abandoned.append(done)
                 if cursor is None:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 from core.backends import Backends, open_backends
 from core.daemon import configure_logging, run_until_signalled
-from core.errors import BackendError, ConflictError, NommerError, NotFound
+from core.errors import BackendError, ConflictError, NommerError, NotFound, ValidationError
 from core.interfaces import Message
 from core.jobs import utcnow
 from core.jobservice import StateChange
@@ -318,7 +318,7 @@ class Scheduler:
         thresh_s = self._settings.feederd_abandon_inactive_jobs_thresh
         try:
             abandoned = self._jobs.abandon_stale(thresh_s)
-        except ConflictError as exc:
+        except (ConflictError, ValidationError) as exc:
             log.warning("abandoning stale jobs: %s", exc)
             return
         for job in abandoned:

@@ -33,12 +33,17 @@ import uuid
 
 import botocore.exceptions
 
+import functools
+
 from core.aws import aws_errors, client as aws_client, error_code
 from core.errors import BackendError, ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.settings import Settings
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
+
+# A missing domain or table is a BackendError here, never a missing job.
+_errors = functools.partial(aws_errors, missing_container_is_error=True)
 
 BY_STATE_INDEX = "by_state"
 BY_CREATED_INDEX = "by_created"
@@ -177,7 +182,7 @@ class DynamoDBJobStore(JobStore):
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, read consistently. Raises NotFound."""
-        with aws_errors("get job"):
+        with _errors("get job"):
             answer = self._client.get_item(TableName=self.table_name,
                                            Key={"id": {"S": job_id}}, ConsistentRead=True)
         if "Item" not in answer:
@@ -229,7 +234,7 @@ class DynamoDBJobStore(JobStore):
         if values:
             request["ExpressionAttributeValues"] = values
         try:
-            with aws_errors(what):
+            with _errors(what):
                 try:
                     self._client.put_item(**request)
                     return True
@@ -255,7 +260,7 @@ class DynamoDBJobStore(JobStore):
         return _same_write(stored, item)
 
     def _raw_item(self, job_id: str) -> dict | None:
-        with aws_errors("check job write"):
+        with _errors("check job write"):
             answer = self._client.get_item(TableName=self.table_name,
                                            Key={"id": {"S": job_id}}, ConsistentRead=True)
         return answer.get("Item")
@@ -298,7 +303,7 @@ class DynamoDBJobStore(JobStore):
                        "ExpressionAttributeNames": {"#p": "state"},
                        "ExpressionAttributeValues": {":p": {"S": state}}}
             while True:
-                with aws_errors("count jobs"):
+                with _errors("count jobs"):
                     answer = self._client.query(**request)
                 total += answer["Count"]
                 if "LastEvaluatedKey" not in answer:
@@ -312,7 +317,7 @@ class DynamoDBJobStore(JobStore):
                 "active_jobs": {"N": str(node.active_jobs)},
                 "last_report_dtime": {"S": time_to_text(node.last_report)},
                 "started_at": {"S": time_to_text(node.started_at)}}
-        with aws_errors("put node"):
+        with _errors("put node"):
             self._client.put_item(TableName=self.nodes_table_name, Item=item)
 
     def list_nodes(self) -> list[Node]:
@@ -320,7 +325,7 @@ class DynamoDBJobStore(JobStore):
         nodes = []
         request = {"TableName": self.nodes_table_name, "ConsistentRead": True}
         while True:
-            with aws_errors("list nodes"):
+            with _errors("list nodes"):
                 answer = self._client.scan(**request)
             for item in answer.get("Items", []):
                 nodes.append(Node(id=item["id"]["S"], state=item["state"]["S"],
@@ -334,7 +339,7 @@ class DynamoDBJobStore(JobStore):
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown."""
-        with aws_errors("delete node"):
+        with _errors("delete node"):
             self._client.delete_item(TableName=self.nodes_table_name, Key={"id": {"S": node_id}})
 
     def _query(self, index: str, condition: str, names: dict, values: dict,
@@ -347,7 +352,7 @@ class DynamoDBJobStore(JobStore):
         items: list[dict] = []
         while len(items) < wanted:
             request["Limit"] = wanted - len(items)
-            with aws_errors(what):
+            with _errors(what):
                 answer = self._client.query(**request)
             items.extend(answer.get("Items", []))
             if "LastEvaluatedKey" not in answer:

@@ -33,12 +33,17 @@ import collections
 import json
 import uuid
 
+import functools
+
 from core.aws import aws_errors, client as aws_client
 from core.errors import BackendError, ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.settings import Settings
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
+
+# A missing domain or table is a BackendError here, never a missing job.
+_errors = functools.partial(aws_errors, missing_container_is_error=True)
 
 CHUNK_BYTES = 1024
 # AWS's cap on the name-value pairs of one item and of one PutAttributes call.
@@ -192,7 +197,7 @@ class SimpleDBJobStore(JobStore):
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, read consistently. Raises NotFound."""
-        with aws_errors("get job"):
+        with _errors("get job"):
             answer = self._client.get_attributes(DomainName=self.jobs_domain, ItemName=job_id,
                                                  ConsistentRead=True)
         attrs = _as_dict(answer.get("Attributes", []))
@@ -283,7 +288,7 @@ class SimpleDBJobStore(JobStore):
                  ("active_jobs", _number(node.active_jobs)),
                  ("last_report_dtime", _sdb_time(node.last_report)),
                  ("started_at", _sdb_time(node.started_at))]
-        with aws_errors("put node"):
+        with _errors("put node"):
             self._client.put_attributes(
                 DomainName=self.nodes_domain, ItemName=node.id,
                 Attributes=[{"Name": n, "Value": v, "Replace": True} for n, v in pairs])
@@ -302,7 +307,7 @@ class SimpleDBJobStore(JobStore):
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown (SimpleDB's own behaviour)."""
-        with aws_errors("delete node"):
+        with _errors("delete node"):
             self._client.delete_attributes(DomainName=self.nodes_domain, ItemName=node_id)
 
     def _ensure_domain(self, domain: str) -> None:
@@ -320,7 +325,7 @@ class SimpleDBJobStore(JobStore):
         carried them took. A failed read raises (or, with reraise False, is
         taken as "not known to have taken")."""
         try:
-            with aws_errors("check job write"):
+            with _errors("check job write"):
                 answer = self._client.get_attributes(
                     DomainName=self.jobs_domain, ItemName=job_id, ConsistentRead=True,
                     AttributeNames=["version", "write_token"])
@@ -366,7 +371,7 @@ class SimpleDBJobStore(JobStore):
         _check_size(job_id, len(writing))
         known = self._names.get(job_id)
         if known is None or known[0] != version:
-            with aws_errors("count job attributes"):
+            with _errors("count job attributes"):
                 answer = self._client.get_attributes(DomainName=self.jobs_domain,
                                                      ItemName=job_id, ConsistentRead=True)
             stored = frozenset(_as_dict(answer.get("Attributes", [])))
@@ -379,13 +384,13 @@ class SimpleDBJobStore(JobStore):
         for start in range(0, len(stale), MAX_ITEM_ATTRIBUTES):
             names = stale[start:start + MAX_ITEM_ATTRIBUTES]
             # boto3 wants each deleted pair's value: read them (a rare path).
-            with aws_errors("read stale chunks"):
+            with _errors("read stale chunks"):
                 values = _as_dict(self._client.get_attributes(
                     DomainName=self.jobs_domain, ItemName=job_id, ConsistentRead=True,
                     AttributeNames=names).get("Attributes", []))
             if not values:
                 continue  # no pairs would delete the whole item
-            with aws_errors("delete stale chunks"):
+            with _errors("delete stale chunks"):
                 self._client.delete_attributes(
                     DomainName=self.jobs_domain, ItemName=job_id, Expected=expected,
                     Attributes=[{"Name": n, "Value": v} for n, v in values.items()])
@@ -393,7 +398,7 @@ class SimpleDBJobStore(JobStore):
 
     def _put(self, item_name: str, pairs: list[tuple[str, str]], expected: dict,
              what: str) -> None:
-        with aws_errors(what):
+        with _errors(what):
             self._client.put_attributes(
                 DomainName=self.jobs_domain, ItemName=item_name, Expected=expected,
                 Attributes=[{"Name": n, "Value": v, "Replace": True} for n, v in pairs])
@@ -408,7 +413,7 @@ class SimpleDBJobStore(JobStore):
             request = {"SelectExpression": expression, "ConsistentRead": True}
             if token:
                 request["NextToken"] = token
-            with aws_errors(what):
+            with _errors(what):
                 answer = self._client.select(**request)
             items.extend(answer.get("Items", []))
             token = answer.get("NextToken")
