@@ -61,14 +61,22 @@ def open_backends(settings: Settings) -> Backends:
         from core.stores.dynamodb import DynamoDBJobStore as AWSStore
     else:
         from core.stores.simpledb import SimpleDBJobStore as AWSStore
-    return Backends(
+    backends = Backends(
         store=AWSStore.from_settings(settings),
         new_jobs=SQSQueue.from_settings(settings, settings.sqs_new_job_queue_name,
-                                        settings.max_receives + 1),
+                                        settings.max_receives + 1, "max_receives"),
         state_changes=SQSQueue.from_settings(settings, settings.sqs_job_state_change_queue_name,
                                              STATE_CHANGE_MAX_RECEIVES),
         settings=settings,
     )
+    try:
+        # At start-up: an existing new-job queue that would dead-letter jobs
+        # before max_receives is refused here, naming the setting.
+        backends.new_jobs.check()
+    except BaseException:
+        backends.close()
+        raise
+    return backends
 
 
 def open_fleet(settings: Settings) -> Fleet:

@@ -4,6 +4,9 @@ takes, and an encoder handing its job to a fresh message before SQS's
 12 h in-flight cap."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from core.app.local_system import wait_for
@@ -76,3 +79,26 @@ def test_a_long_held_job_is_handed_to_a_fresh_message_and_stays_held(sqs_proxy, 
         watchdog.stop()
     assert not held.lost
     assert proxy.faults[("sqs", "stale-receipt")] == 0, "the old receipt was let go in time"
+
+
+def test_an_existing_queue_that_dead_letters_too_early_is_refused_naming_the_setting(
+        moto_server, tmp_path):
+    from core.backends import open_backends
+    from core.errors import ConfigError
+
+    sqs = aws_client(Settings(backend="aws", aws_endpoint_url=moto_server.endpoint_url), "sqs")
+    name = unique_name("early")
+    dead = sqs.create_queue(QueueName=f"{name}_dead")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": arn, "maxReceiveCount": "3"})})
+    settings = Settings(backend="aws", aws_endpoint_url=moto_server.endpoint_url,
+                        aws_store="dynamodb", max_receives=5, sqs_new_job_queue_name=name,
+                        simpledb_job_state_domain=unique_name("early-jobs"),
+                        simpledb_ec2_nommer_state_domain=unique_name("early-nodes"))
+    with pytest.raises(ConfigError, match="'max_receives'.*after 3 receives"):
+        open_backends(settings)
+    # Within the limit it opens (max_receives + 1 = 3 receives allowed).
+    open_backends(dataclasses.replace(settings, max_receives=2)).close()
+    sqs.close()
