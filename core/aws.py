@@ -9,6 +9,7 @@ with bounded backoff; what still fails reaches the caller as BackendError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import boto3
 import botocore.config
@@ -21,6 +22,22 @@ from core.settings import Settings
 # exponential backoff and jitter; bounded so a dead service surfaces.
 RETRY_MAX_ATTEMPTS = 8
 
+
+@dataclasses.dataclass(frozen=True)
+class RetryBudget:
+    """How long one call may take: attempts (with botocore's backoff) and timeouts."""
+
+    max_attempts: int
+    connect_timeout_s: float
+    read_timeout_s: float
+
+
+# Daemons (encoders, scheduler, scaler) wait out a bad minute.
+BACKGROUND = RetryBudget(RETRY_MAX_ATTEMPTS, connect_timeout_s=5, read_timeout_s=30)
+# An API request answers within seconds, an error (503) if it must: its
+# client retries, not we for minutes. At worst about 3 x 5 s plus backoff.
+INTERACTIVE = RetryBudget(3, connect_timeout_s=2, read_timeout_s=5)
+
 _NOT_FOUND_CODES = frozenset({
     "NoSuchDomain", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
     "NoSuchKey", "NoSuchBucket", "404", "ResourceNotFoundException",
@@ -31,9 +48,14 @@ _CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "ConditionalCheckFailedEx
 _CONTAINER_MISSING_CODES = frozenset({"NoSuchDomain", "ResourceNotFoundException"})
 
 
-def client(settings: Settings, service: str, *, max_attempts: int = RETRY_MAX_ATTEMPTS,
-           connect_timeout_s: float = 5, read_timeout_s: float = 30):
-    """A boto3 client for `service` in settings.aws_region (at aws_endpoint_url if set)."""
+def client(settings: Settings, service: str, *, budget: RetryBudget = BACKGROUND,
+           max_attempts: int | None = None, connect_timeout_s: float | None = None,
+           read_timeout_s: float | None = None):
+    """A boto3 client for `service` in settings.aws_region (at aws_endpoint_url
+    if set), retrying within `budget` (each part may be given alone)."""
+    max_attempts = budget.max_attempts if max_attempts is None else max_attempts
+    connect_timeout_s = budget.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
+    read_timeout_s = budget.read_timeout_s if read_timeout_s is None else read_timeout_s
     config = botocore.config.Config(
         region_name=settings.aws_region,
         retries={"mode": "standard", "max_attempts": max_attempts},

@@ -20,7 +20,7 @@ import time
 
 import botocore.exceptions
 
-from core.aws import aws_errors, error_code
+from core.aws import BACKGROUND, RetryBudget, aws_errors, error_code
 from core.errors import BackendError, ConfigError, NotFound
 from core.interfaces import Message, Queue
 from core.settings import Settings
@@ -102,11 +102,12 @@ class SQSQueue(Queue):
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str, dead_letter_after: int,
-                      dead_letter_setting: str | None = None) -> "SQSQueue":
+                      dead_letter_setting: str | None = None,
+                      budget: RetryBudget = BACKGROUND) -> "SQSQueue":
         """The queue `name` in settings.aws_region with settings.visibility_timeout_s."""
         from core.aws import client
 
-        return cls(client(settings, "sqs"), name,
+        return cls(client(settings, "sqs", budget=budget), name,
                    visibility_timeout_s=settings.visibility_timeout_s,
                    dead_letter_after=dead_letter_after, owns_client=True,
                    dead_letter_setting=dead_letter_setting)

@@ -35,7 +35,7 @@ import botocore.exceptions
 
 import functools
 
-from core.aws import aws_errors, client as aws_client, error_code
+from core.aws import BACKGROUND, RetryBudget, aws_errors, client as aws_client, error_code
 from core.errors import BackendError, ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
@@ -158,9 +158,10 @@ class DynamoDBJobStore(JobStore):
         self._ensure_table(nodes_table_name, _NODES_TABLE, create_timeout_s)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "DynamoDBJobStore":
+    def from_settings(cls, settings: Settings, budget: RetryBudget = BACKGROUND
+                      ) -> "DynamoDBJobStore":
         """The store in tables named like the SimpleDB domain settings, through core.aws.client."""
-        store = cls(aws_client(settings, "dynamodb"), settings.simpledb_job_state_domain,
+        store = cls(aws_client(settings, "dynamodb", budget=budget), settings.simpledb_job_state_domain,
                     settings.simpledb_ec2_nommer_state_domain)
         store._owns_client = True
         return store

@@ -35,7 +35,7 @@ import uuid
 
 import functools
 
-from core.aws import aws_errors, client as aws_client
+from core.aws import BACKGROUND, RetryBudget, aws_errors, client as aws_client
 from core.errors import BackendError, ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
@@ -168,9 +168,10 @@ class SimpleDBJobStore(JobStore):
             self._ensure_domain(domain)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SimpleDBJobStore":
+    def from_settings(cls, settings: Settings, budget: RetryBudget = BACKGROUND
+                      ) -> "SimpleDBJobStore":
         """The store in the domains the settings name, through core.aws.client."""
-        store = cls(aws_client(settings, "sdb"), settings.simpledb_job_state_domain,
+        store = cls(aws_client(settings, "sdb", budget=budget), settings.simpledb_job_state_domain,
                     settings.simpledb_ec2_nommer_state_domain)
         store._owns_client = True
         return store

@@ -145,3 +145,25 @@ def test_a_write_that_never_reached_the_store_is_a_backend_error(service, proxy)
     finally:
         proxy.fault_share = 0.0
     assert service.store.get_job(job.id) == job
+
+
+def test_the_api_path_gives_up_after_a_short_retry_budget(proxy):
+    from core.backends import open_backends
+
+    prefix = unique_name("budget")
+    settings = Settings(backend="aws", aws_store="dynamodb", aws_endpoint_url=proxy.url,
+                        sqs_new_job_queue_name=f"{prefix}-jobs",
+                        sqs_job_state_change_queue_name=f"{prefix}-changes",
+                        simpledb_job_state_domain=f"{prefix}-jobs",
+                        simpledb_ec2_nommer_state_domain=f"{prefix}-nodes")
+    backends = open_backends(settings, interactive=True)
+    proxy.fault_share, proxy.throttle_share = 1.0, 0.0
+    before = proxy.requests["dynamodb"]
+    try:
+        with pytest.raises(BackendError):
+            backends.store.get_job("job-1")
+    finally:
+        proxy.fault_share = 0.0
+        backends.close()
+    # (botocore may add one attempt for DynamoDB: "reached max retries: 3")
+    assert proxy.requests["dynamodb"] - before <= 4, "a few attempts, not eight or more"
