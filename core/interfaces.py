@@ -65,6 +65,18 @@ class JobStore(abc.ABC):
         """How many jobs are in any of `states`."""
 
     @abc.abstractmethod
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it still holds `version` (announce_version
+        = None), without a new version, so the job's holder does not lose it.
+        No error when the job is gone or the outbox holds another version."""
+
+    @abc.abstractmethod
+    def list_unannounced(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+        """Jobs whose outbox holds a version and that were updated before
+        `updated_before`: state changes nobody announced (a crash or failure
+        between the write and the announcement). At most `limit`."""
+
+    @abc.abstractmethod
     def put_node(self, node: Node) -> None:
         """Create or replace an encoder's report."""
 

@@ -72,6 +72,9 @@ class Job:
     `version` increases by one on every write; conditional writes compare it.
     `lease_expires_at` is when the encoder working on the job must have
     heartbeated again, or another encoder may take the job over.
+    `announce_version` is the outbox: the version whose state change is
+    still to be announced (written with the change itself), None once it
+    was announced.
     """
 
     id: str
@@ -88,6 +91,7 @@ class Job:
     updated_at: datetime = dataclasses.field(default_factory=utcnow)
     lease_expires_at: datetime | None = None
     version: int = 0
+    announce_version: int | None = None
 
     @property
     def is_terminal(self) -> bool:

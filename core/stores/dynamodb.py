@@ -47,6 +47,9 @@ _errors = functools.partial(aws_errors, missing_container_is_error=True)
 
 BY_STATE_INDEX = "by_state"
 BY_CREATED_INDEX = "by_created"
+# A sparse index of the jobs whose outbox holds a state change to announce.
+OUTBOX_INDEX = "outbox"
+_OUTBOX = "pending"
 _LISTING = "job"
 # How long to wait for a new table to become ACTIVE (seconds).
 TABLE_CREATE_TIMEOUT_S = 300
@@ -69,7 +72,7 @@ def new_write_token() -> str:
 
 
 def _job_item(job: Job, version: int, token: str) -> dict:
-    return {
+    item = {
         "write_token": {"S": token},
         "id": {"S": job.id},
         "source": {"S": job.source},
@@ -88,6 +91,11 @@ def _job_item(job: Job, version: int, token: str) -> dict:
         "created_key": {"S": _created_key(job)},
         "listing": {"S": _LISTING},
     }
+    if job.announce_version is not None:
+        # The outbox; `outbox` keys the sparse index that finds it.
+        item["announce_version"] = {"N": str(job.announce_version)}
+        item["outbox"] = {"S": _OUTBOX}
+    return item
 
 
 def _same_write(stored: dict, written: dict) -> bool:
@@ -107,6 +115,7 @@ def _job_from_item(item: dict) -> Job:
         updated_at=text_to_time(item["updated_at"]["S"]),
         lease_expires_at=text_to_time(_unstring(item["lease_expires_at"])),
         version=int(item["version"]["N"]),
+        announce_version=int(item["announce_version"]["N"]) if "announce_version" in item else None,
     )
 
 
@@ -119,19 +128,22 @@ def _decode_cursor(cursor: str) -> str:
     return "|".join(decode_cursor(cursor))
 
 
-def _index(name: str, partition: str) -> dict:
+def _index(name: str, partition: str, sort: str = "created_key",
+           projection: str = "ALL") -> dict:
     return {"IndexName": name,
             "KeySchema": [{"AttributeName": partition, "KeyType": "HASH"},
-                          {"AttributeName": "created_key", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"}}
+                          {"AttributeName": sort, "KeyType": "RANGE"}],
+            "Projection": {"ProjectionType": projection}}
 
 
 _JOBS_TABLE = {
     "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
     "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"}
-                             for name in ("id", "state", "listing", "created_key")],
+                             for name in ("id", "state", "listing", "created_key", "outbox",
+                                          "updated_at")],
     "GlobalSecondaryIndexes": [_index(BY_STATE_INDEX, "state"),
-                               _index(BY_CREATED_INDEX, "listing")],
+                               _index(BY_CREATED_INDEX, "listing"),
+                               _index(OUTBOX_INDEX, "outbox", "updated_at", "KEYS_ONLY")],
     "BillingMode": "PAY_PER_REQUEST",
 }
 _NODES_TABLE = {
@@ -156,6 +168,10 @@ class DynamoDBJobStore(JobStore):
         self.nodes_table_name = nodes_table_name
         self._ensure_table(table_name, _JOBS_TABLE, create_timeout_s)
         self._ensure_table(nodes_table_name, _NODES_TABLE, create_timeout_s)
+        with aws_errors(f"describe table {table_name}"):
+            indexes = self._client.describe_table(TableName=table_name)["Table"].get(
+                "GlobalSecondaryIndexes", [])
+        self._has_outbox_index = any(i["IndexName"] == OUTBOX_INDEX for i in indexes)
 
     @classmethod
     def from_settings(cls, settings: Settings, budget: RetryBudget = BACKGROUND
@@ -311,6 +327,55 @@ class DynamoDBJobStore(JobStore):
                     break
                 request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
         return total
+
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it holds `version`: an update_item of the
+        outbox attributes alone, conditional on them, so the version stays."""
+        try:
+            with _errors("mark job announced"):
+                self._client.update_item(
+                    TableName=self.table_name, Key={"id": {"S": job_id}},
+                    UpdateExpression="REMOVE #a, #o", ConditionExpression="#a = :v",
+                    ExpressionAttributeNames={"#a": "announce_version", "#o": "outbox"},
+                    ExpressionAttributeValues={":v": {"N": str(version)}})
+        except ConflictError:
+            pass  # another change waits in the outbox now, or the job is gone
+
+    def list_unannounced(self, updated_before, limit: int = 100) -> list[Job]:
+        """Jobs with a state change to announce, updated before `updated_before`:
+        keys from the sparse outbox index (a table made before it existed is
+        scanned instead), each job then read consistently."""
+        cutoff = {"S": time_to_text(updated_before)}
+        if self._has_outbox_index:
+            request = {"TableName": self.table_name, "IndexName": OUTBOX_INDEX,
+                       "KeyConditionExpression": "#o = :o AND #u < :t",
+                       "ExpressionAttributeNames": {"#o": "outbox", "#u": "updated_at"},
+                       "ExpressionAttributeValues": {":o": {"S": _OUTBOX}, ":t": cutoff},
+                       "Limit": limit}
+            operation = self._client.query
+        else:
+            request = {"TableName": self.table_name, "ProjectionExpression": "#i",
+                       "FilterExpression": "attribute_exists(#o) AND #u < :t",
+                       "ExpressionAttributeNames": {"#i": "id", "#o": "outbox", "#u": "updated_at"},
+                       "ExpressionAttributeValues": {":t": cutoff}}
+            operation = self._client.scan
+        ids: list[str] = []
+        while len(ids) < limit:
+            with _errors("list unannounced jobs"):
+                answer = operation(**request)
+            ids += [item["id"]["S"] for item in answer.get("Items", [])]
+            if "LastEvaluatedKey" not in answer:
+                break
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        jobs = []
+        for job_id in ids[:limit]:
+            try:
+                job = self.get_job(job_id)
+            except NotFound:
+                continue
+            if job.announce_version is not None:
+                jobs.append(job)
+        return jobs
 
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id` (the original's attributes)."""

@@ -104,6 +104,8 @@ def _job_attributes(job: Job, version: int, token: str) -> list[tuple[str, str]]
         ("updated_at", _sdb_time(job.updated_at)),
         ("lease_expires_at", _sdb_time(job.lease_expires_at)),
         ("created_key", _created_key(job)),
+        # The outbox: "" when empty (SimpleDB has no null).
+        ("announce_version", "" if job.announce_version is None else _number(job.announce_version)),
     ]
     for field in _TEXT_FIELDS:
         pairs.extend(_chunks(field, getattr(job, field)))
@@ -132,6 +134,7 @@ def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
         updated_at=text_to_time(attrs["updated_at"]),
         lease_expires_at=text_to_time(attrs["lease_expires_at"]),
         version=int(attrs["version"]),
+        announce_version=int(attrs["announce_version"]) if attrs.get("announce_version") else None,
     )
 
 
@@ -282,6 +285,29 @@ class SimpleDBJobStore(JobStore):
         # A count that runs long comes back partial with a NextToken: add the parts.
         return sum(int(_as_dict(item["Attributes"])["Count"])
                    for item in self._select(expression, "count jobs"))
+
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it holds `version`: one PutAttributes of
+        announce_version alone, conditional on it, so the version stays."""
+        try:
+            with _errors("mark job announced"):
+                self._client.put_attributes(
+                    DomainName=self.jobs_domain, ItemName=job_id,
+                    Attributes=[{"Name": "announce_version", "Value": "", "Replace": True}],
+                    Expected={"Name": "announce_version", "Value": _number(version),
+                              "Exists": True})
+        except (ConflictError, NotFound):
+            pass  # another change waits in the outbox now, or the job is gone
+
+    def list_unannounced(self, updated_before, limit: int = 100) -> list[Job]:
+        """Jobs with a state change to announce, updated before `updated_before`."""
+        expression = (f"select * from {_name(self.jobs_domain)} "
+                      f"where {_name('announce_version')} > '' "
+                      f"and {_name('updated_at')} < {_quote(_sdb_time(updated_before))} "
+                      f"limit {min(limit, MAX_SELECT_LIMIT)}")
+        items = self._select(expression, "list unannounced jobs", stop_after=limit)
+        return [_job_from_attributes(item["Name"], _as_dict(item.get("Attributes", [])))
+                for item in items[:limit]]
 
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id` (the original's attributes)."""

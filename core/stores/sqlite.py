@@ -15,9 +15,10 @@ from core.jobs import Job, JobState
 from core.sqlite_db import SQLiteDatabase, translate_errors
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
-# Schema version 1. A later version adds its migration here and bumps the
-# row in schema_versions (shared with the queues, one row per component).
-SCHEMA_VERSION = 1
+# Schema version 2 (2: the announce_version outbox column). A later version
+# adds its migration to _migrate and bumps the row in schema_versions
+# (shared with the queues, one row per component).
+SCHEMA_VERSION = 2
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_versions (
         component TEXT PRIMARY KEY,
@@ -37,7 +38,8 @@ _SCHEMA = [
         created_at TEXT NOT NULL,           -- ISO-8601 UTC, fixed width
         updated_at TEXT NOT NULL,
         lease_expires_at TEXT,
-        version INTEGER NOT NULL)""",
+        version INTEGER NOT NULL,
+        announce_version INTEGER)""",
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id)",
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -50,7 +52,7 @@ _SCHEMA = [
 
 _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
                 "state_details", "progress", "attempts", "node", "created_at",
-                "updated_at", "lease_expires_at", "version")
+                "updated_at", "lease_expires_at", "version", "announce_version")
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 
@@ -64,6 +66,7 @@ def _job_params(job: Job, version: int) -> dict:
         "updated_at": time_to_text(job.updated_at),
         "lease_expires_at": time_to_text(job.lease_expires_at),
         "version": version,
+        "announce_version": job.announce_version,
     }
 
 
@@ -78,6 +81,7 @@ def _job_from_row(row: tuple) -> Job:
         updated_at=text_to_time(values["updated_at"]),
         lease_expires_at=text_to_time(values["lease_expires_at"]),
         version=values["version"],
+        announce_version=values["announce_version"],
     )
 
 
@@ -90,6 +94,18 @@ class SQLiteJobStore(JobStore):
 
     def __init__(self, path: str):
         self._db = SQLiteDatabase(path, _SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database of schema version 1 to 2 (idempotent, safe to race)."""
+        with translate_errors("migrate jobs"), self._db.write_transaction() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "announce_version" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN announce_version INTEGER")
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs (updated_at) "
+                         "WHERE announce_version IS NOT NULL")
+            conn.execute("UPDATE schema_versions SET version = ? WHERE component = 'jobs' "
+                         "AND version < ?", (SCHEMA_VERSION, SCHEMA_VERSION))
 
     def create_job(self, job: Job) -> Job:
         """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
@@ -180,6 +196,21 @@ class SQLiteJobStore(JobStore):
             row = self._db.connection().execute(
                 f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", values).fetchone()
         return row[0]
+
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it holds `version`; the version stays."""
+        with translate_errors("mark job announced"):
+            self._db.connection().execute(
+                "UPDATE jobs SET announce_version = NULL WHERE id = ? AND announce_version = ?",
+                (job_id, version))
+
+    def list_unannounced(self, updated_before, limit: int = 100) -> list[Job]:
+        """Jobs with a state change to announce, updated before `updated_before`."""
+        with translate_errors("list unannounced jobs"):
+            rows = self._db.connection().execute(
+                f"{_SELECT_JOB} WHERE announce_version IS NOT NULL AND updated_at < ? "
+                "ORDER BY updated_at LIMIT ?", (time_to_text(updated_before), limit)).fetchall()
+        return [_job_from_row(row) for row in rows]
 
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id`."""

@@ -252,3 +252,20 @@ def test_sqlite_store_used_after_close_is_a_backend_error(tmp_path):
     store.close()
     with pytest.raises(BackendError):
         store.get_job("job-1")
+
+
+def test_the_outbox_is_listed_until_emptied_and_emptying_keeps_the_version(store):
+    later = _T0 + timedelta(hours=1)
+    store.create_job(_job("job-1", announce_version=1))
+    store.create_job(_job("job-2"))
+    assert [job.id for job in store.list_unannounced(later)] == ["job-1"]
+    assert store.list_unannounced(_T0) == []  # updated at _T0: not before it
+
+    store.mark_announced("job-1", 2)  # another change: left alone
+    assert store.get_job("job-1").announce_version == 1
+    store.mark_announced("job-1", 1)
+    store.mark_announced("no-such-job", 1)  # no error
+
+    assert store.get_job("job-1").version == 1
+    assert store.get_job("job-1").announce_version is None
+    assert store.list_unannounced(later) == []

@@ -8,7 +8,7 @@ import pytest
 
 from tests.fixtures.aws import unique_name
 from core.aws import client as aws_client
-from core.stores.dynamodb import BY_CREATED_INDEX, BY_STATE_INDEX, DynamoDBJobStore
+from core.stores.dynamodb import BY_CREATED_INDEX, BY_STATE_INDEX, OUTBOX_INDEX, DynamoDBJobStore
 from core.errors import BackendError
 from core.jobs import Job
 from core.settings import Settings
@@ -36,7 +36,8 @@ def test_missing_tables_are_created_on_demand_with_the_listing_indexes(dynamodb)
     indexes = {index["IndexName"]: [key["AttributeName"] for key in index["KeySchema"]]
                for index in table["GlobalSecondaryIndexes"]}
     assert indexes == {BY_STATE_INDEX: ["state", "created_key"],
-                       BY_CREATED_INDEX: ["listing", "created_key"]}
+                       BY_CREATED_INDEX: ["listing", "created_key"],
+                       OUTBOX_INDEX: ["outbox", "updated_at"]}
     assert dynamodb.describe_table(TableName=nodes)["Table"]["TableStatus"] == "ACTIVE"
 
 
