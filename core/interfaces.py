@@ -64,6 +64,21 @@ class JobStore(abc.ABC):
     def count_jobs(self, states: frozenset[JobState]) -> int:
         """How many jobs are in any of `states`."""
 
+    def created_since(self, since: datetime, limit: int = 2000) -> list[datetime]:
+        """Creation times of the jobs created after `since`, newest first, at
+        most `limit`. A store may answer from its index alone (no job reads)."""
+        times: list[datetime] = []
+        cursor = None
+        while len(times) < limit:
+            page, cursor = self.list_jobs(limit=min(100, limit - len(times)), cursor=cursor)
+            for job in page:
+                if job.created_at <= since:
+                    return times
+                times.append(job.created_at)
+            if cursor is None:
+                break
+        return times
+
     @abc.abstractmethod
     def mark_announced(self, job_id: str, version: int) -> None:
         """Empty the job's outbox if it still holds `version` (announce_version

@@ -106,19 +106,11 @@ def encoder_view(encoder: Encoder, node: Node | None, memory: FleetMemory,
 
 
 def recent_arrivals_s(backends: Backends, now_s: float, window_s: float) -> tuple[float, ...]:
-    """Creation times (epoch s, ascending) of the jobs created in the last `window_s`."""
-    arrivals: list[float] = []
-    cursor = None
-    for _ in range(ARRIVALS_MAX_PAGES):
-        page, cursor = backends.store.list_jobs(limit=ARRIVALS_PAGE, cursor=cursor)
-        for job in page:
-            created_s = job.created_at.timestamp()
-            if created_s <= now_s - window_s:
-                return tuple(sorted(arrivals))
-            arrivals.append(created_s)
-        if cursor is None:
-            break
-    return tuple(sorted(arrivals))
+    """Creation times (epoch s, ascending) of the jobs created in the last
+    `window_s`, at most ARRIVALS_PAGE x ARRIVALS_MAX_PAGES of them."""
+    since = datetime.fromtimestamp(now_s - window_s, timezone.utc)
+    created = backends.store.created_since(since, limit=ARRIVALS_PAGE * ARRIVALS_MAX_PAGES)
+    return tuple(sorted(at.timestamp() for at in created))
 
 
 class Scaler:

@@ -4,17 +4,26 @@ encoder in the nodes table. Table names default to the SimpleDB domain
 settings' names.
 
 Tables are created when missing, with on-demand capacity
-(PAY_PER_REQUEST) and two global secondary indexes, both projecting every
-attribute so a listing needs no second read:
+(PAY_PER_REQUEST) and three global secondary indexes that project keys
+only, so a write that changes no index key (a heartbeat, a progress tick)
+costs no index write:
 
 - `by_state`: partition `state`, sort `created_key` ("<created_at>|<id>",
   fixed-width UTC time, so newest first with a tie-break on the id). Lists
   and counts one state without reading the others.
-- `by_created`: partition `listing` (the constant "job"), sort
-  `created_key`. Lists every job newest first without a Scan. The trade-off:
-  one partition key takes every job, so this index's writes are capped at
-  what one partition takes (about 1000 writes/s); far above an encoding
-  system's rate of job changes. Both indexes cost storage and a write each.
+- `by_created`: partition `listing` ("job#0" .. "job#7", from a hash of
+  the id, so no one partition takes every job's index writes; items
+  written before the sharding keep "job", and listings read it too), sort
+  `created_key`. Lists every job newest first without a Scan; the arrival
+  times the scaler needs come from its keys alone.
+- `outbox`: partition `outbox`, present only while a state change awaits
+  its announcement (a sparse index), sort `updated_at`.
+
+A listing reads keys from an index, then the jobs with one consistent
+BatchGetItem. A job larger than DynamoDB's 400 KB item limit is refused
+with ValidationError before it is sent. Tables made before these indexes
+keep theirs (projecting everything, one listing partition); they still
+work, and an outbox sweep on them scans the table.
 
 Reads of a job are consistent (get_item ConsistentRead). Index queries
 cannot be: a listing may trail a write by a moment. Every write of a job is
@@ -28,8 +37,10 @@ consistent read. botocore errors are translated by core.aws.aws_errors.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import uuid
+import zlib
 
 import botocore.exceptions
 
@@ -51,6 +62,12 @@ BY_CREATED_INDEX = "by_created"
 OUTBOX_INDEX = "outbox"
 _OUTBOX = "pending"
 _LISTING = "job"
+# by_created partitions; items written before sharding sit under _LISTING.
+LISTING_SHARDS = 8
+# BatchGetItem takes at most this many keys a call.
+BATCH_GET_KEYS = 100
+# DynamoDB's limit on one item, names and values together.
+MAX_ITEM_BYTES = 400 * 1024
 # How long to wait for a new table to become ACTIVE (seconds).
 TABLE_CREATE_TIMEOUT_S = 300
 
@@ -89,13 +106,34 @@ def _job_item(job: Job, version: int, token: str) -> dict:
         "lease_expires_at": _string(time_to_text(job.lease_expires_at)),
         "version": {"N": str(version)},
         "created_key": {"S": _created_key(job)},
-        "listing": {"S": _LISTING},
+        "listing": {"S": _listing_key(job.id)},
     }
     if job.announce_version is not None:
         # The outbox; `outbox` keys the sparse index that finds it.
         item["announce_version"] = {"N": str(job.announce_version)}
         item["outbox"] = {"S": _OUTBOX}
+    size = _item_bytes(item)
+    if size > MAX_ITEM_BYTES:
+        raise ValidationError(f"job {job.id} is too large for DynamoDB ({size} bytes, "
+                              f"at most {MAX_ITEM_BYTES})")
     return item
+
+
+def _item_bytes(item: dict) -> int:
+    """An item's size as DynamoDB counts it toward its 400 KB limit (names
+    plus values; a number taken at its text length, a bound on its size)."""
+    total = 0
+    for name, value in item.items():
+        total += len(name.encode())
+        kind, content = next(iter(value.items()))
+        total += 1 if kind == "NULL" else len(str(content).encode())
+    return total
+
+
+def _listing_key(job_id: str) -> str:
+    """The by_created partition of a job: one of LISTING_SHARDS, so no single
+    partition takes every job's index writes."""
+    return f"{_LISTING}#{zlib.crc32(job_id.encode()) % LISTING_SHARDS}"
 
 
 def _same_write(stored: dict, written: dict) -> bool:
@@ -141,8 +179,8 @@ _JOBS_TABLE = {
     "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"}
                              for name in ("id", "state", "listing", "created_key", "outbox",
                                           "updated_at")],
-    "GlobalSecondaryIndexes": [_index(BY_STATE_INDEX, "state"),
-                               _index(BY_CREATED_INDEX, "listing"),
+    "GlobalSecondaryIndexes": [_index(BY_STATE_INDEX, "state", projection="KEYS_ONLY"),
+                               _index(BY_CREATED_INDEX, "listing", projection="KEYS_ONLY"),
                                _index(OUTBOX_INDEX, "outbox", "updated_at", "KEYS_ONLY")],
     "BillingMode": "PAY_PER_REQUEST",
 }
@@ -294,21 +332,57 @@ class DynamoDBJobStore(JobStore):
         if limit < 1:
             raise ValidationError("limit must be at least 1")
         if state is None:
-            index, partition, value = BY_CREATED_INDEX, "listing", _LISTING
+            index, partition = BY_CREATED_INDEX, "listing"
+            partitions = [f"{_LISTING}#{n}" for n in range(LISTING_SHARDS)] + [_LISTING]
         else:
-            index, partition, value = BY_STATE_INDEX, "state", JobState(state).value
+            index, partition, partitions = BY_STATE_INDEX, "state", [JobState(state).value]
         condition = "#p = :p"
-        names, values = {"#p": partition}, {":p": {"S": value}}
+        names, values = {"#p": partition}, {}
         if cursor is not None:
             # DynamoDB refuses names and values the expression does not use.
             condition += " AND #k < :k"
             names["#k"], values[":k"] = "created_key", {"S": _decode_cursor(cursor)}
         wanted = limit + 1  # one more than asked tells whether a next page exists
-        items = self._query(index, condition, names, values, wanted, "list jobs")
-        page = [_job_from_item(item) for item in items[:limit]]
-        if len(items) <= limit:
+        # Each partition newest first; merged, the newest `wanted` of all.
+        runs = [self._query(index, condition, names, dict(values, **{":p": {"S": value}}),
+                            wanted, "list jobs") for value in partitions]
+        keys = list(heapq.merge(*runs, key=lambda item: item["created_key"]["S"],
+                                reverse=True))[:wanted]
+        page = self._get_many([item["id"]["S"] for item in keys[:limit]])
+        if len(keys) <= limit:
             return page, None
-        return page, _encode_cursor(_created_key(page[-1]))
+        return page, _encode_cursor(keys[limit - 1]["created_key"]["S"])
+
+    def created_since(self, since, limit: int = 2000) -> list:
+        """Creation times after `since`, newest first: keys of the by_created
+        index only (its sort key holds the time), no job is read."""
+        names = {"#p": "listing", "#k": "created_key"}
+        runs = []
+        for value in [f"{_LISTING}#{n}" for n in range(LISTING_SHARDS)] + [_LISTING]:
+            values = {":p": {"S": value}, ":k": {"S": time_to_text(since) + "|~"}}
+            runs.append(self._query(BY_CREATED_INDEX, "#p = :p AND #k > :k", names, values,
+                                    limit, "list arrivals"))
+        keys = heapq.merge(*runs, key=lambda item: item["created_key"]["S"], reverse=True)
+        return [text_to_time(item["created_key"]["S"].split("|", 1)[0])
+                for item in list(keys)[:limit]]
+
+    def _get_many(self, job_ids: list[str]) -> list[Job]:
+        """The jobs `job_ids`, in that order, read consistently (BatchGetItem,
+        100 keys a call; keys DynamoDB leaves unprocessed are asked again).
+        A job deleted meanwhile is left out."""
+        found: dict[str, Job] = {}
+        for start in range(0, len(job_ids), BATCH_GET_KEYS):
+            wanted = {self.table_name: {
+                "Keys": [{"id": {"S": job_id}} for job_id in job_ids[start:start + BATCH_GET_KEYS]],
+                "ConsistentRead": True}}
+            while wanted:
+                with _errors("read jobs"):
+                    answer = self._client.batch_get_item(RequestItems=wanted)
+                for item in answer.get("Responses", {}).get(self.table_name, []):
+                    job = _job_from_item(item)
+                    found[job.id] = job
+                wanted = answer.get("UnprocessedKeys") or {}
+        return [found[job_id] for job_id in job_ids if job_id in found]
 
     def count_jobs(self, states: frozenset[JobState]) -> int:
         """How many jobs are in any of `states` (0 for no states): one COUNT

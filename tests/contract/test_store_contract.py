@@ -269,3 +269,14 @@ def test_the_outbox_is_listed_until_emptied_and_emptying_keeps_the_version(store
     assert store.get_job("job-1").version == 1
     assert store.get_job("job-1").announce_version is None
     assert store.list_unannounced(later) == []
+
+
+def test_creation_times_since_a_moment_come_newest_first_and_bounded(store):
+    for minute in range(5):
+        store.create_job(_job(f"job-{minute}", created_at=_T0 + timedelta(minutes=minute)))
+
+    since = store.created_since(_T0 + timedelta(minutes=1))
+
+    assert since == [_T0 + timedelta(minutes=m) for m in (4, 3, 2)]
+    assert store.created_since(_T0 - timedelta(minutes=1), limit=2) == [
+        _T0 + timedelta(minutes=4), _T0 + timedelta(minutes=3)]

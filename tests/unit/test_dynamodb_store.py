@@ -2,7 +2,9 @@
 tests/contract/test_store_contract.py runs against it on the moto server)."""
 from __future__ import annotations
 
+import dataclasses
 import socket
+from datetime import datetime, timezone
 
 import pytest
 
@@ -71,3 +73,35 @@ def test_an_unreachable_dynamodb_is_a_backend_error():
     with pytest.raises(BackendError):
         DynamoDBJobStore(aws_client(settings, "dynamodb", max_attempts=1, connect_timeout_s=2),
                          "jobs-table", "nodes-table")
+
+
+def test_a_job_over_the_400_kb_item_limit_is_a_validation_error(dynamodb):
+    from core.errors import ValidationError
+
+    store = DynamoDBJobStore(dynamodb, unique_name("jobs"), unique_name("nodes"))
+    big = Job(id="job-1", source="s3://a/b", destination="s3://c/d",
+              options={"note": "x" * (400 * 1024)})
+    with pytest.raises(ValidationError, match="too large for DynamoDB"):
+        store.create_job(big)
+    job = store.create_job(Job(id="job-2", source="s3://a/b", destination="s3://c/d", options={}))
+    with pytest.raises(ValidationError, match="too large for DynamoDB"):
+        store.update_job(dataclasses.replace(job, state_details="y" * (400 * 1024)), 1)
+
+
+def test_listing_reads_sharded_and_unsharded_partitions_newest_first(dynamodb):
+    jobs = unique_name("jobs")
+    store = DynamoDBJobStore(dynamodb, jobs, unique_name("nodes"))
+    for n in range(12):
+        store.create_job(Job(id=f"job-{n:02d}", source="s3://a/b", destination="s3://c/d",
+                             options={}, created_at=datetime(2024, 5, 1, 12, n, tzinfo=timezone.utc)))
+    # A job written before the listing key was sharded.
+    dynamodb.update_item(TableName=jobs, Key={"id": {"S": "job-05"}},
+                         UpdateExpression="SET listing = :l",
+                         ExpressionAttributeValues={":l": {"S": "job"}})
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list_jobs(limit=5, cursor=cursor)
+        seen += [job.id for job in page]
+        if cursor is None:
+            break
+    assert seen == [f"job-{n:02d}" for n in reversed(range(12))]
