@@ -28,8 +28,9 @@ from nommerd.ffmpeg import (EncodeCancelled, FFmpegRunner, build_pass_argvs, che
 
 log = logging.getLogger(__name__)
 
-# A receive with short polling (queue_wait_s 0) waits this long between
-# polls, so an idle worker does not spin.
+# The embedded queue is long-polled in slices of this, so a worker sees the
+# stop flag within it; with short polling (queue_wait_s 0) a worker waits
+# this long between polls, so it does not spin.
 RECEIVE_SLICE_S = 1.0
 # SQS keeps a received message in flight for at most 12 h, however often
 # its visibility is extended. A worker holding a job that long hands it to a
@@ -306,10 +307,14 @@ class Worker:
     # --- the checklist -------------------------------------------------
 
     def _receive(self) -> Message | None:
-        # A long poll for the whole queue_wait_s: one ReceiveMessage per
-        # 20 s per idle worker instead of one a second. A stop request is
-        # seen when it returns (stopwaitsecs allows for that).
+        # On SQS a long poll for the whole queue_wait_s: one ReceiveMessage
+        # per 20 s per idle worker instead of one a second (a stop request is
+        # seen when it returns; stopwaitsecs allows for that). The embedded
+        # queue costs nothing to ask, so it is asked in short slices and a
+        # stop is prompt.
         wait_s = self.settings.queue_wait_s
+        if self.settings.backend != "aws":
+            wait_s = min(wait_s, RECEIVE_SLICE_S)
         messages = self.queue.receive(max_messages=1, wait_s=wait_s,
                                       visibility_timeout_s=self.settings.visibility_timeout_s)
         if not messages:
@@ -390,7 +395,12 @@ class Worker:
         job = self.jobs.claim(job_id, self.node_id, self.settings.job_lease_s)
         if job is not None:
             log.info("job %s: claimed (delivery %d)", job_id, message.receive_count)
-            return HeldJob(self.backends, job, self.settings.job_lease_s)
+            held = HeldJob(self.backends, job, self.settings.job_lease_s)
+            if held.lease_left_s() < self.settings.job_lease_s / 2:
+                # The claim took long (botocore retried it): renew the lease
+                # before the work starts, or the watchdog stops it at once.
+                held.heartbeat()
+            return held
         try:
             current = self.backends.store.get_job(job_id)
         except NotFound:
