@@ -265,3 +265,12 @@ def test_cancel_kills_the_whole_process_group(tmp_path):
     finally:
         if pid and _group_members(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_seek_in_percent_becomes_seconds_of_the_source():
+    options = {"options": [{"infile_options": [["ss", "10%"]],
+                            "outfile_options": [["frames:v", "1"]]}]}
+    [argv] = build_pass_argvs(FF, options, "/w/s", "mov", "/w/o.jpg", "/w", duration_s=42.0)
+    assert argv[argv.index("-ss") + 1] == "4.200"
+    with pytest.raises(MediaError, match="needs its duration"):
+        build_pass_argvs(FF, options, "/w/s", "mov", "/w/o.jpg", "/w", duration_s=None)
