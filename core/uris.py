@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from core.errors import ValidationError
+from core.reach import REFUSED_MESSAGE, Reach, is_metadata_address
 from core.settings import Settings
 
 MAX_URI_CHARS = 2048
@@ -45,9 +46,6 @@ _SECRET_PREFIXES = ("x-amz-", "x-goog-")
 # Cloud metadata services answer on link-local addresses; a source URL there
 # would hand the encoder's own credentials to whoever submitted the job.
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
-_METADATA_NETWORKS = (ipaddress.ip_network("169.254.0.0/16"),
-                      ipaddress.ip_network("fe80::/10"),
-                      ipaddress.ip_network("fd00:ec2::254/128"))
 
 Checker = Callable[[urllib.parse.SplitResult, str, Settings], None]
 
@@ -110,32 +108,47 @@ def _check_file(parts: urllib.parse.SplitResult, field: str, settings: Settings)
     _file_path(parts, settings.file_root_paths, field)
 
 
-def _is_metadata_address(host: str) -> bool:
-    host = host.rstrip(".")
+def _literal_address(host: str):
+    """The address `host` spells, in any form a resolver reads, or None for a name."""
+    host = host.rstrip(".").strip("[]")
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
         try:
             # inet_aton also reads the forms a resolver accepts for IPv4
             # ("2852039166", "0xa9.0xfe.0xa9.0xfe", "169.254.43518").
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return host.lower() in _METADATA_HOSTS
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in _METADATA_NETWORKS
-               if network.version == address.version)
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, UnicodeError, ValueError):
+            return None
+
+
+def _is_metadata_address(host: str) -> bool:
+    address = _literal_address(host)
+    if address is None:
+        return host.rstrip(".").lower() in _METADATA_HOSTS
+    return is_metadata_address(address)
 
 
 def _check_http(parts: urllib.parse.SplitResult, field: str, settings: Settings) -> None:
+    # Parsed by the code that will send to it, so what is accepted can be opened.
+    from core.outbound import OutboundError, parse_target
+
     if not parts.hostname:
         raise ValidationError(f"{field}: an http(s) URL needs a host")
     try:
         parts.port
     except ValueError:
         raise ValidationError(f"{field}: the URL's port is not valid") from None
+    try:
+        target = parse_target(parts.geturl())
+    except OutboundError as exc:
+        raise ValidationError(f"{field}: {exc}") from None
     if _is_metadata_address(parts.hostname):
         raise ValidationError(f"{field}: link-local and cloud metadata addresses are refused")
+    address = _literal_address(target.host)
+    # A name is checked when it is resolved, just before each connection.
+    if address is not None and not Reach(settings).allows(address, target.port):
+        raise ValidationError(f"{field}: {REFUSED_MESSAGE}")
 
 
 def _check_s3(parts: urllib.parse.SplitResult, field: str, settings: Settings) -> None:

@@ -193,6 +193,8 @@ class FFmpegRunner:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
+        # Set by cancel(): a download for the same job watches it too.
+        self.stop_event = threading.Event()
 
     @property
     def cancelled(self) -> bool:
@@ -208,6 +210,7 @@ class FFmpegRunner:
         """Kill the running pass (SIGKILL to its group) and refuse later ones."""
         with self._lock:
             self._cancelled = True
+            self.stop_event.set()
             self._kill_locked()
 
     def run(self, argv: list[str], duration_s: float | None,

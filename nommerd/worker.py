@@ -333,7 +333,7 @@ class Worker:
         self._held = (held, message)
         try:
             source = os.path.join(work_dir, "source")
-            self._download(held, source)
+            self._download(held, runner, source)
             output = self._encode(held, runner, source, work_dir)
             self._upload(held, output)
             held.advance(JobState.FINISHED)
@@ -356,8 +356,14 @@ class Worker:
             watchdog.stop()
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    def _download(self, held: HeldJob, source: str) -> None:
-        size = self.storage.download(held.job.source, source, self.settings.max_source_bytes)
+    def _download(self, held: HeldJob, runner: FFmpegRunner, source: str) -> None:
+        try:
+            size = self.storage.download(held.job.source, source, self.settings.max_source_bytes,
+                                         stop=runner.stop_event)
+        except StorageError:
+            if runner.cancelled:  # cancelled, lost or released: not the source's fault
+                raise EncodeCancelled("the download was stopped") from None
+            raise
         log.info("job %s: downloaded %d bytes", held.job.id, size)
         self._check_release(held)
 

@@ -60,6 +60,12 @@ class ApiClient:
             raise NommerError(answer.get("message", "unknown job"))
         return answer["job"]
 
+    def cancel(self, job_id: str) -> dict:
+        answer = self._request("POST", f"/jobs/{job_id}/cancel")
+        if not answer.get("success"):
+            raise NommerError(answer.get("message", "cancel refused"))
+        return answer["job"]
+
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:

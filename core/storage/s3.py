@@ -130,7 +130,7 @@ class S3Storage(Storage):
     def check_destination(self, uri: str) -> None:
         parse_s3_uri(uri, "destination")
 
-    def download(self, uri: str, local_path: str, max_bytes: int) -> int:
+    def download(self, uri: str, local_path: str, max_bytes: int, stop=None) -> int:
         """Stream the object into `local_path`; returns bytes written.
 
         Raises StorageError if the URI is refused, the object or bucket does
@@ -147,7 +147,11 @@ class S3Storage(Storage):
             try:
                 if int(reply.get("ContentLength", 0)) > max_bytes:
                     raise StorageError(f"source {uri} is larger than the limit of {max_bytes} bytes")
-                return self._stream(body, local_path, max_bytes, uri)
+                total = self._stream(body, local_path, max_bytes, uri, stop)
+                announced = reply.get("ContentLength")
+                if announced is not None and total != int(announced):
+                    raise StorageError(f"source {uri} ended after {total} of {announced} bytes")
+                return total
             finally:
                 body.close()
 
@@ -179,11 +183,13 @@ class S3Storage(Storage):
             raise StorageError(str(exc)) from None
 
     @staticmethod
-    def _stream(body, local_path: str, max_bytes: int, uri: str) -> int:
+    def _stream(body, local_path: str, max_bytes: int, uri: str, stop=None) -> int:
         total = 0
         try:
             with open(local_path, "wb") as writer:
                 for chunk in body.iter_chunks(_CHUNK_BYTES):
+                    if stop is not None and stop.is_set():
+                        raise StorageError(f"reading source {uri} was stopped")
                     total += len(chunk)
                     # The object may have been replaced by a larger one since
                     # ContentLength was read, so the limit holds while streaming.
