@@ -28,6 +28,9 @@ from core.reach import REFUSED_MESSAGE, Reach, is_metadata_address
 from core.settings import Settings
 
 MAX_URI_CHARS = 2048
+# Extensions whose ffmpeg muxer (hls, dash, smoothstreaming, f4m) writes a
+# playlist or manifest plus segment files.
+MULTI_FILE_SUFFIXES = frozenset({".m3u8", ".m3u", ".mpd", ".ism", ".ismv", ".f4m"})
 
 REDACTED = "REDACTED"
 
@@ -190,8 +193,19 @@ def check_source(uri: object, settings: Settings, field: str = "source_path") ->
 
 
 def check_destination(uri: object, settings: Settings, field: str = "dest_path") -> str:
-    """Return `uri` if it may be a job's destination; else raise ValidationError naming `field`."""
-    return _check(uri, field, settings, DESTINATION_CHECKS)
+    """Return `uri` if it may be a job's destination; else raise ValidationError naming `field`.
+
+    Destinations whose muxer (picked by the extension) writes several files,
+    a playlist or manifest and its segments, are refused: only one output
+    file is uploaded, so the segments would be lost.
+    """
+    checked = _check(uri, field, settings, DESTINATION_CHECKS)
+    suffix = os.path.splitext(urllib.parse.urlsplit(checked).path)[1].lower()
+    if suffix in MULTI_FILE_SUFFIXES:
+        raise ValidationError(f"{field}: a {suffix} destination is written as several files "
+                              "(a playlist and its segments); only single-file outputs are "
+                              "supported")
+    return checked
 
 
 def check_notify_url(uri: object, settings: Settings, field: str = "notify_url") -> str:

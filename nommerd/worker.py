@@ -23,8 +23,8 @@ from core.interfaces import Message, Storage
 from core.jobs import Job, JobState, utcnow
 from core.errors import MediaError
 from core.settings import Settings
-from nommerd.ffmpeg import (EncodeCancelled, FFmpegRunner, build_pass_argvs, check_source,
-                            output_name)
+from nommerd.ffmpeg import (EncodeCancelled, EncodeLimits, FFmpegRunner, build_pass_argvs,
+                            check_source, output_name)
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,8 @@ class Worker:
     def _work(self, held: HeldJob, message: Message) -> None:
         self.work_root.mkdir(parents=True, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix=f"{held.job.id}.", dir=self.work_root)
-        runner = FFmpegRunner(self.settings.progress_interval_ms, {work_dir + os.sep: ""})
+        runner = FFmpegRunner(self.settings.progress_interval_ms, {work_dir + os.sep: ""},
+                              EncodeLimits.from_settings(self.settings))
         watchdog = Watchdog(held, self.backends, message.receipt, runner, self.control, self.settings)
         watchdog.start()
         self._held = (held, message)
@@ -357,6 +358,10 @@ class Worker:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     def _download(self, held: HeldJob, runner: FFmpegRunner, source: str) -> None:
+        free_bytes = shutil.disk_usage(os.path.dirname(source)).free
+        if free_bytes < self.settings.min_free_bytes:
+            raise MediaError(f"stopped by a limit: only {free_bytes} bytes free for work files "
+                             "(setting min_free_bytes)")
         try:
             size = self.storage.download(held.job.source, source, self.settings.max_source_bytes,
                                          stop=runner.stop_event)
@@ -371,7 +376,8 @@ class Worker:
         held.advance(JobState.ENCODING)
         info = check_source(self.ffmpeg, source)
         output = os.path.join(work_dir, output_name(held.job.destination))
-        argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output, work_dir)
+        argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output,
+                                 work_dir, self.settings.tolerate_decode_errors)
 
         def on_progress(percent: int) -> None:
             if not held.heartbeat(progress=percent):
@@ -380,7 +386,7 @@ class Worker:
         for number, argv in enumerate(argvs):
             span = (100 * number // len(argvs), 100 * (number + 1) // len(argvs))
             log.info("job %s: pass %d of %d", held.job.id, number + 1, len(argvs))
-            runner.run(argv, info.duration_s, on_progress, span)
+            runner.run(argv, info.duration_s, on_progress, span, output_path=output)
         self._check_release(held)
         return output
 

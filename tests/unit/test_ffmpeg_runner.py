@@ -61,7 +61,7 @@ def source(clip, tmp_path) -> str:
 def test_one_pass_argv_names_the_demuxer_and_keeps_to_local_files():
     [argv] = build_pass_argvs(FF, one_pass(), "/w/source", "mov", "/w/output.mp4", "/w")
     assert argv == [FF, "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1",
-                    "-ss", "0",
+                    "-xerror", "-ss", "0",
                     "-protocol_whitelist", "file", "-f", "mov", "-i", "/w/source",
                     "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "200k", "-c:a", "aac",
                     "-movflags", "+faststart", "/w/output.mp4"]
