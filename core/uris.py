@@ -158,6 +158,20 @@ def _check_s3(parts: urllib.parse.SplitResult, field: str, settings: Settings) -
     from core.storage.s3 import parse_s3_uri
 
     parse_s3_uri(parts.geturl(), field)
+    # On AWS the machines have their instance roles; on one machine a job
+    # without credentials would only fail later, delivery after delivery.
+    if settings.backend == "local" and not _has_aws_credentials():
+        raise ValidationError(f"{field}: no AWS credentials on this machine for s3:// URIs "
+                              "(set them up as for the AWS CLI, or use file:// or https://)")
+
+
+def _has_aws_credentials() -> bool:
+    import boto3
+
+    try:
+        return boto3.session.Session().get_credentials() is not None
+    except Exception:  # noqa: BLE001 - a broken credential setup counts as none
+        return False
 
 
 SOURCE_CHECKS: dict[str, Checker] = {

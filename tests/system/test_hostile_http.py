@@ -9,26 +9,18 @@ from datetime import datetime
 import pytest
 
 from core.app.local_system import LocalSystem, wait_for
-from core.jobs import JobState
-from core.media import ffmpeg_path, make_sample_clip
 from tests.fixtures.hostile_http import HostileServer
+from tests.fixtures.system_jobs import ONE_ENCODER, small_clip, wait_ended
 
 pytestmark = pytest.mark.timeout(300)
 
 SETTINGS = {
-    "NOMMER_FEEDERD_AUTO_SCALE_INTERVAL": "0.5",
-    # One encoder slot: a job that pinned it would stop every later job.
-    "NOMMER_MAX_NUM_EC2_INSTANCES": "1",
-    "NOMMER_VISIBILITY_TIMEOUT_S": "4",
-    "NOMMER_JOB_LEASE_S": "4",
-    "NOMMER_NOMMERD_HEARTBEAT_INTERVAL_S": "1",
-    "NOMMER_NOMMERD_MAX_INACTIVITY": "120",
+    **ONE_ENCODER,
     "NOMMER_NOTIFY_TIMEOUT_S": "5",
     "NOMMER_NOTIFY_RETRY_FOR_S": "4",
     "NOMMER_DOWNLOAD_MIN_BYTES_PER_S": "1000",
     "NOMMER_DOWNLOAD_RATE_WINDOW_S": "6",
 }
-ENDED = {"FINISHED", "ERROR", "CANCELLED", "ABANDONED"}
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +38,7 @@ def hostile():
 
 @pytest.fixture(scope="module")
 def clip(system, hostile):
-    path = system.media_dir / "in" / "clip.mp4"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_sample_clip(ffmpeg_path(system.settings), str(path), duration_s=2, size="160x120")
+    path = small_clip(system)
     hostile.add("clip.mp4", path.read_bytes())
     return path
 
@@ -59,15 +49,7 @@ def passes():
 
 
 def ended(system: LocalSystem, job_id: str, timeout_s: float = 90) -> dict:
-    def reached():
-        job = system.client.job(job_id)
-        return job if job["state"] in ENDED else None
-
-    try:
-        return wait_for(reached, timeout_s, interval_s=0.1, what=f"job {job_id} to end")
-    except TimeoutError:
-        print(system.log_tail("nommerd_00"), system.log_tail("scheduler"), sep="\n")
-        raise
+    return wait_ended(system, job_id, timeout_s)
 
 
 def submit(system, clip, source=None, name="out", notify_url=None) -> str:
