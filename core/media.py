@@ -117,8 +117,8 @@ def probe(ffmpeg: str, path: str, allowed_formats: Iterable[str] | None = None,
     if isinstance(found, str):
         if allowed_formats is not None:
             # The libraries do not tell a refused demuxer from unreadable data.
-            raise MediaError(f"source is not an allowed media container, or not media that "
-                             f"ffmpeg can read ({found})")
+            raise MediaError(f"source is not media that ffmpeg can read, or not an allowed "
+                             f"media container ({found})")
         raise MediaError(f"source is not media that ffmpeg can read: {found}")
     return found
 

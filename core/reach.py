@@ -52,6 +52,15 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def listen_refusal(settings: Settings) -> str | None:
+    """Why the API must not start with `settings`, or None when it may."""
+    if not is_loopback_host(settings.api_host) and not settings.api_token:
+        return (f"refusing to listen on {settings.api_host}: it is reachable from other "
+                "machines and no api_token is set. Set api_token (clients then send "
+                "'Authorization: Bearer <token>') or listen on 127.0.0.1.")
+    return None
+
+
 def _plain(address: Address) -> Address:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ from core.errors import (BackendError, ConflictError, InvalidTransition, NommerE
                          NotFound, ValidationError)
 from core.jobs import Job, JobState
 from core.options import check_output_caps, validate_job_options
+from core.reach import listen_refusal
 from core.settings import Settings, load
 from feeder.waitress_json import answer_errors_as_json
 
@@ -352,25 +352,6 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/jobs/<job_id>/cancel", "POST", routes.cancel)
     app.route("/health", "GET", routes.health, public=True)
     return app
-
-
-def is_loopback(host: str) -> bool:
-    """True when `host` (an address or "localhost") only accepts local connections."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def listen_refusal(settings: Settings) -> str | None:
-    """Why the API must not start with `settings`, or None when it may."""
-    if not is_loopback(settings.api_host) and not settings.api_token:
-        return (f"refusing to listen on {settings.api_host}: it is reachable from other "
-                "machines and no api_token is set. Set api_token (clients then send "
-                "'Authorization: Bearer <token>') or listen on 127.0.0.1.")
-    return None
 
 
 def _stop_on_sigterm(signum, frame) -> None:

@@ -350,7 +350,10 @@ class Worker:
             log.error("job %s: gave it up for now: %s", held.job.id, exc)
         except Exception as exc:
             log.exception("job %s: unexpected failure", held.job.id)
-            self._fail(held, message, str(exc) or type(exc).__name__)
+            # Python's own texts ("'utf-8' codec can't decode byte ...") mean
+            # nothing to a client, and may quote local data: the log has them.
+            self._fail(held, message, f"internal error on the encoder ({type(exc).__name__}); "
+                                      "its log has the details")
         finally:
             self._held = None
             runner.cancel()

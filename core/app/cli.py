@@ -117,6 +117,14 @@ def _client(settings) -> ApiClient:
 
 def cmd_run(args, settings) -> int:
     from core.app.launcher import exec_supervisord
+    from core.reach import listen_refusal
+
+    # Refused here, in the foreground: under supervisord the API would only
+    # crash-loop while this command seemed to run.
+    refusal = listen_refusal(settings)
+    if refusal:
+        print(f"nommer run: {refusal}", file=sys.stderr)
+        return 2
 
     print(f"media-nommer: API on http://{settings.api_host}:{settings.api_port}, "
           f"data in {settings.data_path.resolve()}; Ctrl-C stops everything", flush=True)

@@ -144,3 +144,14 @@ def test_ipv6_literal_notify_url_is_accepted(api):
     body = json.dumps(submit_body(media, notify_url="http://[2001:db8::cafe]/done")).encode()
     status, answer = post(port, body)
     assert status == 200 and answer["success"] is True
+
+
+def test_nommer_run_beyond_loopback_without_a_token_refuses_in_the_foreground(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMMER_")}
+    env.update({"NOMMER_DATA_DIR": str(tmp_path), "NOMMER_API_HOST": "0.0.0.0",
+                "NOMMER_API_PORT": str(free_port())})
+    done = subprocess.run([sys.executable, "-m", "core.app.cli", "run"], env=env,
+                          cwd=str(PROJECT_DIR), capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "refusing to listen on 0.0.0.0" in done.stderr
+    assert "API on" not in done.stdout
