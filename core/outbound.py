@@ -20,6 +20,7 @@ what listens where.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import socket
 import ssl
 import threading
@@ -170,7 +171,7 @@ class Exchange:
         try:
             # read1: what has arrived, so the count the watcher sees moves with the bytes.
             data = self.response.read1(amount)
-        except (Urllib3Error, OSError) as exc:
+        except (Urllib3Error, OSError, http.client.HTTPException) as exc:
             raise self._failure(exc) from None
         if self.expired or self.stopped or self.too_slow:
             raise self._failure(None)
@@ -237,7 +238,7 @@ def open_hop(target: Target, reach: Reach, *, method: str = "GET", body: bytes |
                               **(headers or {})},
                      preload_content=False, decode_content=False)
         exchange.response = conn.getresponse()
-    except (Urllib3Error, OSError, ValueError) as exc:
+    except (Urllib3Error, OSError, ValueError, http.client.HTTPException):
         exchange.close()
         if exchange.stopped:
             raise OutboundError("stopped") from None
