@@ -139,6 +139,14 @@ def test_submit_refuses_what_would_fail_loop_flood_or_be_lost(api, changes, word
     assert_refused(*post(port, body), words)
 
 
+def test_notify_url_at_the_apis_own_port_is_refused(api):
+    port, media = api
+    for host in ("127.0.0.1", "127.0.0.2", "[::1]", "2130706433"):
+        url = f"http://{host}:{port}/jobs/some-job/cancel"
+        body = json.dumps(submit_body(media, notify_url=url)).encode()
+        assert_refused(*post(port, body), "not one this service may reach")
+
+
 def test_ipv6_literal_notify_url_is_accepted(api):
     port, media = api
     body = json.dumps(submit_body(media, notify_url="http://[2001:db8::cafe]/done")).encode()
