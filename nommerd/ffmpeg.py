@@ -26,6 +26,7 @@ import functools
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import threading
@@ -64,11 +65,13 @@ class EncodeLimits:
     time_base_s: float = 0.0      # plus this many seconds
     max_output_bytes: int = 0
     max_memory_bytes: int = 0     # RLIMIT_AS of the ffmpeg process
+    min_free_bytes: int = 0       # on the output's disk, while ffmpeg writes
 
     @classmethod
     def from_settings(cls, settings) -> "EncodeLimits":
         return cls(settings.encode_time_factor, settings.encode_time_base_s,
-                   settings.max_output_bytes, settings.ffmpeg_max_memory_bytes)
+                   settings.max_output_bytes, settings.ffmpeg_max_memory_bytes,
+                   settings.min_free_bytes)
 
     def time_limit_s(self, duration_s: float | None) -> float | None:
         if not self.time_factor and not self.time_base_s:
@@ -342,6 +345,10 @@ class FFmpegRunner:
             elif max_bytes and output_path and _size(output_path) > max_bytes:
                 reason = (f"stopped by a limit: the output grew beyond {max_bytes} bytes "
                           "(setting max_output_bytes)")
+            elif output_path and _free_bytes(output_path) < self.limits.min_free_bytes:
+                # The disk may also hold the job database: never fill it.
+                reason = ("stopped by a limit: the work disk is nearly full "
+                          "(setting min_free_bytes)")
             if reason:
                 with self._lock:
                     self._limit_hit = reason
@@ -353,6 +360,13 @@ class FFmpegRunner:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(os.path.dirname(path) or ".").free
+    except OSError:
+        return 1 << 62  # cannot tell: do not stop the encode for it
 
 
 def _size(path: str) -> int:

@@ -296,3 +296,11 @@ def test_ffmpeg_over_its_memory_cap_fails_naming_the_limit(ffmpeg, source, tmp_p
     reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(max_memory_bytes=300 * 1024**2),
                          ["-s", "7680x4320", "-c:v", "libx264", "-preset", "ultrafast"])
     assert "ffmpeg_max_memory_bytes" in reason
+
+
+def test_encode_that_would_fill_the_disk_is_stopped(ffmpeg, source, tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    # Asks for all but 5 MB of what is free now: the output crosses that at once.
+    reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(min_free_bytes=free - 5_000_000),
+                         ["-c:v", "rawvideo", "-s", "1920x1080", "-r", "100"], ".mkv")
+    assert "min_free_bytes" in reason
