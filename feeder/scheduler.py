@@ -149,6 +149,9 @@ class Scheduler:
         self._sending: dict[str, _Sending] = {}     # by job id, at most one each
         self._retrying: dict[str, _Retry] = {}      # by job id
         self._per_receiver: collections.Counter[str] = collections.Counter()
+        # Deliveries of a change that only waited for its busy receiver (by
+        # message id): they are not failures, so they do not lengthen backoff.
+        self._busy_waits: collections.Counter[str] = collections.Counter()
         self._reach = Reach(settings)
         self._next_prune_at = 0.0  # time.monotonic(); 0 prunes at start
         self._backend_backoff_s = 1.0
@@ -270,6 +273,7 @@ class Scheduler:
                 self._done(held)
             elif not self._has_room(receiver_key(job.notify_url)):
                 lane.insert(0, held)
+                self._busy_waits[held.message_id] += 1
                 self._defer_lane(job_id, BUSY_RECEIVER_DEFER_S)
                 return
             else:
@@ -341,7 +345,8 @@ class Scheduler:
             self._record_give_up(change, exc)
             self._done(held)
             return
-        delay_s = retry_delay_s(held.receive_count, left_s)
+        failures = held.receive_count - self._busy_waits[held.message_id]
+        delay_s = retry_delay_s(failures, left_s)
         log.warning("job %s %s: notification to %s failed: %s; retrying in %.1f s",
                     change.job_id, change.state, describe_url(url), exc, delay_s)
         self._waiting.setdefault(change.job_id, []).insert(0, held)
@@ -363,6 +368,7 @@ class Scheduler:
                         change.job_id, exc_store)
 
     def _done(self, held: _Held) -> None:
+        self._busy_waits.pop(held.message_id, None)
         self._forget(held)
         self._delete(held.receipt)
 

@@ -343,3 +343,20 @@ def test_queue_failure_is_backed_off_and_stop_still_prompt(tmp_path, caplog):
         scheduler.request_stop()
         runner.join(timeout=10)
         broken.close()
+
+
+def test_unsendable_urls_are_given_up_and_later_jobs_still_notified(receiver, backends,
+                                                                    schedulers):
+    proc = schedulers.start(notify_retry_for_s=2)
+    # Stored as they are (not through the API): whatever a store holds must
+    # not stop the scheduler.
+    for url in ("http://[2001:db8::cafe]/done", "http://[bad/x", "ftp://x/y", "not a url",
+                "http://example.invalid:99999/"):
+        submit(backends, url)
+    good = submit(backends, receiver.url("/ok"))
+
+    wait_for(lambda: receiver.delivered_states(good.id) == ["PENDING"], 10,
+             "the good job's notification", schedulers)
+    wait_for(lambda: queue_empty(backends), 20, "every change settled", schedulers)
+    assert proc.poll() is None
+    assert schedulers.logs().count("given up") >= 5
