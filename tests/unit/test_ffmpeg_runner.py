@@ -304,3 +304,10 @@ def test_encode_that_would_fill_the_disk_is_stopped(ffmpeg, source, tmp_path):
     reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(min_free_bytes=free - 5_000_000),
                          ["-c:v", "rawvideo", "-s", "1920x1080", "-r", "100"], ".mkv")
     assert "min_free_bytes" in reason
+
+
+def test_decode_errors_stop_ffmpeg_unless_tolerated():
+    [strict] = build_pass_argvs(FF, one_pass(), "/w/source", "mov", "/w/output.mp4", "/w")
+    [tolerant] = build_pass_argvs(FF, one_pass(), "/w/source", "mov", "/w/output.mp4", "/w",
+                                  tolerate_decode_errors=True)
+    assert "-xerror" in strict and "-xerror" not in tolerant
