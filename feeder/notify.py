@@ -125,7 +125,7 @@ def _post_once(target: Target, body: bytes, reach: Reach, deadline: float, timeo
             answer = exchange.read(MAX_ANSWER_BYTES)
             log.debug("receiver answered %r", answer[:200])
             return exchange.status, exchange.header("Location")
-    except OutboundError as exc:
+    except OutboundError:
         if time.monotonic() >= deadline:
             raise NotifyError(f"no answer within {timeout_s:g} s") from None
         raise

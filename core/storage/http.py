@@ -18,7 +18,7 @@ import time
 
 from core.errors import StorageError, ValidationError
 from core.interfaces import Storage
-from core.outbound import OutboundError, Target, open_hop, parse_target, redirect_target
+from core.outbound import OutboundError, open_hop, parse_target, redirect_target
 from core.reach import Reach
 from core.settings import Settings
 from core.storage.transfer import copy_limited, display
