@@ -32,6 +32,9 @@ class Node:
     active_jobs: int
     last_report: datetime
     started_at: datetime
+    # Set by the scaler (mark_node_draining), never by the encoder's reports:
+    # take no new job, stop when the running ones end.
+    draining: bool = False
 
 
 class JobStore(abc.ABC):
@@ -76,6 +79,18 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def delete_node(self, node_id: str) -> None:
         """Forget an encoder; no error if it is unknown."""
+
+    @abc.abstractmethod
+    def mark_node_draining(self, node_id: str) -> None:
+        """Set the draining mark on an encoder's report; no error if it is unknown.
+
+        put_node keeps the mark (an encoder's own reports never clear it);
+        delete_node forgets it with the report.
+        """
+
+    def get_node(self, node_id: str) -> Node | None:
+        """One encoder's report, or None."""
+        return next((node for node in self.list_nodes() if node.id == node_id), None)
 
     def close(self) -> None:
         """Release connections."""

@@ -70,6 +70,9 @@ class Job:
     """One encoding job.
 
     `version` increases by one on every write; conditional writes compare it.
+    `options` are what the encoder runs; `sent_options` what the client
+    sent (before 2011-era options were translated, or the catalogue preset
+    it named), None for jobs stored before it was kept.
     `lease_expires_at` is when the encoder working on the job must have
     heartbeated again, or another encoder may take the job over.
     """
@@ -88,6 +91,7 @@ class Job:
     updated_at: datetime = dataclasses.field(default_factory=utcnow)
     lease_expires_at: datetime | None = None
     version: int = 0
+    sent_options: dict | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -49,7 +49,7 @@ class JobService:
         self.state_changes = state_changes
 
     def submit(self, source: str, destination: str, options: dict,
-               notify_url: str | None = None) -> Job:
+               notify_url: str | None = None, sent_options: dict | None = None) -> Job:
         """Store a PENDING job and queue it for an encoder.
 
         The job is queued before it is announced: a failure to queue raises
@@ -57,7 +57,8 @@ class JobService:
         encoder will ever see.
         """
         job = self._create(Job(id=new_job_id(), source=source, destination=destination,
-                               options=options, notify_url=notify_url))
+                               options=options, notify_url=notify_url,
+                               sent_options=sent_options))
         try:
             self.new_jobs.send(job.id)
         except BackendError:

@@ -46,7 +46,7 @@ INPUT_FORMATS = frozenset({
 })
 OUTPUT_FORMATS = frozenset({
     "mp4", "mov", "webm", "matroska", "mkv", "ogg", "mp3", "adts", "flac", "wav",
-    "flv", "mpegts", "avi", "null",
+    "flv", "mpegts", "avi", "null", "mjpeg",
 })
 MOVFLAGS = frozenset({
     "faststart", "frag_keyframe", "empty_moov", "default_base_moof",
@@ -66,6 +66,8 @@ AUDIO_FILTERS = frozenset({
 # ASCII: \d must not match other scripts' digits, which ffmpeg would not read.
 _TIME = re.compile(r"\d{1,9}(\.\d{1,9})?(s|ms|us)?|(\d{1,9}:)?\d{1,2}:\d{1,2}(\.\d{1,9})?",
                    re.ASCII)
+# A percentage of the source's duration: the encoder turns it into seconds.
+_TIME_OR_PERCENT = re.compile(_TIME.pattern + r"|\d{1,2}(\.\d{1,3})?%", re.ASCII)
 _SIGNED_TIME = re.compile(r"-?(" + _TIME.pattern + ")", re.ASCII)
 _RATE = re.compile(r"\d{1,6}(\.\d{1,6})?|\d{1,6}/\d{1,6}|ntsc|pal|qntsc|qpal|sntsc|spal|film"
                    r"|ntsc-film", re.ASCII)
@@ -226,7 +228,9 @@ _video_filters = _filters(VIDEO_FILTERS, "video")
 _audio_filters = _filters(AUDIO_FILTERS, "audio")
 
 INPUT_OPTIONS: dict[str, Check] = {
-    "ss": _time, "t": _time, "to": _time,
+    "ss": _pattern(_TIME_OR_PERCENT, "a time like 12.5 or 00:01:02.5, or a percentage "
+                                     "of the source's duration like 10%"),
+    "t": _time, "to": _time,
     "itsoffset": _pattern(_SIGNED_TIME, "a time like -0.5 or 2"),
     "r": _rate,
     "f": _choice(INPUT_FORMATS, "an input container format"),
@@ -255,6 +259,10 @@ OUTPUT_OPTIONS: dict[str, Check] = {
     "vf": _video_filters, "filter:v": _video_filters,
     "af": _audio_filters, "filter:a": _audio_filters,
     "pass": _pass_number,
+    "frames:v": _int,
+    # libvpx (VP8/VP9) speed settings.
+    "deadline": _choice(frozenset({"good", "best", "realtime"}), "a libvpx deadline"),
+    "cpu-used": _signed_int, "row-mt": _int,
 }
 
 

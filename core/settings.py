@@ -124,20 +124,36 @@ class Settings:
     min_encoders: int = 0
     max_num_ec2_instances: int = 3
     job_overflow_thresh: int = 2
-    # How long a new encoder takes from launch to work (seconds).
+    # How long a new encoder takes from launch to work (seconds): the
+    # predictive policy's assumption until it has measured boots.
     boot_time_estimate_s: float = 60.0
-    # Acceptable wait for a queued job (seconds), for the predictive policy.
-    acceptable_wait_s: float = 0.0
-    # An idle encoder is stopped by the predictive policy after this long.
+    # Mean encode time on one slot (seconds), until the policy has measured it.
+    encode_time_estimate_s: float = 120.0
+    # The predictive policy sizes the fleet so that at most this share of
+    # jobs waits longer than acceptable_wait_s (seconds) (Erlang C).
+    acceptable_wait_s: float = 60.0
+    scale_wait_tail_prob: float = 0.1
+    # Below this many arrivals per boot time no slot is kept warm (it would
+    # mostly idle): a job gets an encoder launched for it instead.
+    scale_warm_min_arrivals_per_boot: float = 1.0
+    # An idle encoder is drained after max(scale_in_idle_s, scale_in_boots x
+    # the measured boot time), never within scale_cooldown_s of a change.
     scale_in_idle_s: float = 10.0
+    scale_in_boots: float = 2.0
     scale_cooldown_s: float = 30.0
-    # The arrival rate is estimated over this window (seconds).
+    # The arrival rate and the encode time are estimated over this window (seconds).
     scale_arrival_window_s: float = 900.0
-    # Share of jobs arriving during a boot that may find no warm slot (0 < x <= 1).
-    scale_warm_miss_prob: float = 0.5
     # How encoders are billed: EC2 bills per second with a 60 s minimum.
     billing_minimum_s: float = 60.0
     billing_increment_s: float = 1.0
+
+    # --- the simulator (nommer-scaler simulate / suite) ---
+    # Boot times are drawn uniformly from this range (seconds).
+    simulate_boot_min_s: float = 40.0
+    simulate_boot_max_s: float = 120.0
+    # Share of launches that never come up, and Spot interruptions per encoder-hour.
+    simulate_launch_failure_prob: float = 0.02
+    simulate_interruptions_per_hour: float = 0.05
 
     # --- local fleet (supervisord) ---
     supervisor_url: str = ""
@@ -243,8 +259,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"setting {key!r}: must be greater than zero")
     if settings.min_encoders > settings.max_num_ec2_instances:
         raise ConfigError("setting 'min_encoders': larger than 'max_num_ec2_instances'")
-    if not 0 < settings.scale_warm_miss_prob <= 1:
-        raise ConfigError("setting 'scale_warm_miss_prob': must be in (0, 1]")
+    if not 0 < settings.scale_wait_tail_prob <= 1:
+        raise ConfigError("setting 'scale_wait_tail_prob': must be in (0, 1]")
     if settings.job_lease_s <= settings.nommerd_heartbeat_interval_s:
         raise ConfigError("setting 'job_lease_s': must be longer than nommerd_heartbeat_interval_s")
 

@@ -9,6 +9,7 @@ Routes (every answer is JSON with "success"; errors add "error_code" and
     GET  /jobs?state=&limit=&cursor=
                                jobs newest first, a page at a time
     POST /jobs/<id>/cancel     cancel a job that has not ended
+    GET  /presets              the catalogue presets a submit may name
     GET  /health               queue counts; 503 when the store or queue fails
 
 Reads go straight to the store, so any number of API processes can run.
@@ -34,8 +35,9 @@ from core.backends import Backends, open_backends
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound, ValidationError)
 from core.jobs import Job, JobState
-from core.options import check_output_caps, validate_job_options
+from core.options import check_output_caps
 from core.reach import listen_refusal
+from core.presets import listing as preset_listing, options_to_run
 from core.settings import Settings, load
 from feeder.waitress_json import answer_errors_as_json
 
@@ -111,6 +113,8 @@ def job_view(job: Job) -> dict:
         "destination": uris.redact(job.destination),
         "notify_url": uris.redact(job.notify_url),
         "options": job.options,
+        # What the client sent: a preset's name, or options before translation.
+        "sent_options": job.sent_options,
     }
 
 
@@ -236,9 +240,11 @@ class _Routes:
             notify_url = uris.check_notify_url(notify_url, self.settings)
         else:
             notify_url = None
-        options = validate_job_options(body.get("job_options"))
+        sent = body.get("job_options")
+        options = options_to_run(sent)
         check_output_caps(options, self.settings.max_frame_pixels, self.settings.max_frame_rate)
-        job = self.backends.jobs.submit(source, destination, options, notify_url)
+        job = self.backends.jobs.submit(source, destination, options, notify_url,
+                                        sent_options=sent)
         log.info("job %s submitted", job.id)
         return _ok(job_id=job.id)
 
@@ -261,6 +267,9 @@ class _Routes:
         job = self.backends.jobs.cancel(_checked_id(job_id))
         log.info("job %s cancelled", job.id)
         return _ok(job=job_view(job))
+
+    def presets(self):
+        return _ok(presets=preset_listing())
 
     def health(self):
         queued, in_flight = self.backends.new_jobs.counts()
@@ -350,6 +359,7 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/jobs/", "GET", routes.list_jobs)
     app.route("/jobs/<job_id>", "GET", routes.get_job)
     app.route("/jobs/<job_id>/cancel", "POST", routes.cancel)
+    app.route("/presets", "GET", routes.presets)
     app.route("/health", "GET", routes.health, public=True)
     return app
 

@@ -2,12 +2,19 @@
 
     nommer-scaler [--config nomconf.toml]          run the loop
     nommer-scaler simulate [TRACE.csv ...] [opts]  compare the policies on a trace
+    nommer-scaler suite [opts]                     ... over the trace families
 
 Every settings.feederd_auto_scale_interval seconds the loop is a checklist:
 
     observe (queue counts, unfinished jobs, fleet, node reports, arrivals)
     -> decide (feeder.policy.decide, the function the simulator runs)
-    -> apply (fleet.launch / fleet.stop) -> log the decision in one line
+    -> apply (terminate drained encoders, mark the ones to stop draining,
+       fleet.launch) -> log the decision in one line
+
+Scale-in never interrupts a job: an encoder the policy lets go is marked
+draining in the store; nommerd takes no new job once it sees the mark and
+exits when its running jobs end, reporting "stopped". Only then, or when it
+has stopped reporting (or never reported), does the scaler terminate it.
 
 Store, queue and fleet failures (BackendError) are logged and the loop backs
 off; it never crashes on them. SIGTERM/SIGINT only set a flag, which the
@@ -28,7 +35,8 @@ from core.errors import BackendError, NommerError
 from core.interfaces import Encoder, Fleet, Node
 from core.jobs import UNFINISHED_STATES
 from core.settings import Settings, load
-from feeder.policy import Decision, EncoderView, Observation, PolicySettings, decide
+from feeder.policy import (BOOT_SAMPLES, BusyHistory, Decision, EncoderView, Observation,
+                           PolicySettings, decide)
 
 log = logging.getLogger("feeder.scaler")
 
@@ -45,6 +53,9 @@ REPORT_SKEW_S = 5.0
 # taken as running and idle, so the predictive policy can stop one that
 # never comes up.
 UNREPORTED_BOOTS = 3
+# A draining encoder whose last report is this many heartbeats old has
+# stopped reporting: it is terminated without its confirmation.
+SILENT_HEARTBEATS = 3
 
 
 @dataclasses.dataclass
@@ -52,11 +63,18 @@ class FleetMemory:
     """What the loop remembers between decisions (the policy itself is pure).
 
     idle_since_s: encoder id -> when this process first saw it idle.
-    last_scale_in_s: when it last stopped encoders.
+    last_scale_in_s: when it last marked encoders draining.
+    draining: the encoders it marked draining. boot_samples_s: launch to
+    first own report of the encoders it saw come up (newest last);
+    booted: the encoders already sampled. busy: busy slots per decision.
     """
 
     idle_since_s: dict[str, float] = dataclasses.field(default_factory=dict)
     last_scale_in_s: float | None = None
+    draining: set[str] = dataclasses.field(default_factory=set)
+    boot_samples_s: list[float] = dataclasses.field(default_factory=list)
+    booted: set[str] = dataclasses.field(default_factory=set)
+    busy: BusyHistory = dataclasses.field(default_factory=BusyHistory)
 
 
 def encoder_view(encoder: Encoder, node: Node | None, memory: FleetMemory,
@@ -78,13 +96,27 @@ def encoder_view(encoder: Encoder, node: Node | None, memory: FleetMemory,
         if now_s - launched_at_s < UNREPORTED_BOOTS * boot_time_estimate_s:
             state = "pending"
     busy = node.active_jobs if own_report else 0
+    if own_report and encoder.id not in memory.booted:
+        memory.booted.add(encoder.id)
+        memory.boot_samples_s.append(max(0.0, node.started_at.timestamp() - launched_at_s))
+        del memory.boot_samples_s[:-BOOT_SAMPLES]
+    draining = encoder.id in memory.draining or (own_report and node.draining)
     if state == "running" and busy == 0:
         idle_since_s = memory.idle_since_s.setdefault(encoder.id, now_s)
     else:
         memory.idle_since_s.pop(encoder.id, None)
         idle_since_s = None
     return EncoderView(id=encoder.id, state=state, launched_at_s=launched_at_s,
-                       busy_slots=busy, idle_since_s=idle_since_s)
+                       busy_slots=busy, idle_since_s=idle_since_s, draining=draining)
+
+
+def drained(encoder: Encoder, node: Node | None, silent_after_s: float, now_s: float) -> bool:
+    """Whether a draining encoder may be terminated: its own report says it
+    stopped, or it has no own report, or its last one is older than `silent_after_s`."""
+    launched_at_s = encoder.launched_at.timestamp() if encoder.launched_at else now_s
+    if node is None or node.started_at.timestamp() < launched_at_s - REPORT_SKEW_S:
+        return True
+    return node.state == "stopped" or now_s - node.last_report.timestamp() > silent_after_s
 
 
 def recent_arrivals_s(backends: Backends, now_s: float, window_s: float) -> tuple[float, ...]:
@@ -118,6 +150,7 @@ class Scaler:
         self.fleet = fleet
         self.policy = policy or PolicySettings.from_settings(settings)
         self.memory = FleetMemory()
+        self._drained: list[str] = []
         self._stopping = threading.Event()
         self._last_logged: tuple | None = None
 
@@ -131,16 +164,29 @@ class Scaler:
         unfinished = self.backends.store.count_jobs(UNFINISHED_STATES)
         live = [e for e in self.fleet.list_encoders() if e.state in ("pending", "running")]
         nodes = {node.id: node for node in self.backends.store.list_nodes()}
-        views = tuple(encoder_view(e, nodes.get(e.id), self.memory,
+        memory = self.memory
+        views = tuple(encoder_view(e, nodes.get(e.id), memory,
                                    self.policy.boot_time_estimate_s, now_s) for e in live)
-        for gone in set(self.memory.idle_since_s) - {e.id for e in live}:
-            del self.memory.idle_since_s[gone]
+        live_ids = {e.id for e in live}
+        for gone in set(memory.idle_since_s) - live_ids:
+            del memory.idle_since_s[gone]
+        memory.draining &= live_ids
+        memory.booted &= live_ids
+        silent_after_s = SILENT_HEARTBEATS * self.settings.nommerd_heartbeat_interval_s
+        self._drained = [view.id for view, e in zip(views, live) if view.draining
+                         and drained(e, nodes.get(e.id), silent_after_s, now_s)]
+        window_s = self.policy.arrival_window_s
         arrivals: tuple[float, ...] = ()
+        busy_mean = None
         if self.policy.policy == "predictive":
-            arrivals = recent_arrivals_s(self.backends, now_s, self.policy.arrival_window_s)
+            arrivals = recent_arrivals_s(self.backends, now_s, window_s)
+            memory.busy.record(now_s, in_flight, window_s)
+            busy_mean = memory.busy.mean(now_s, window_s)
         return Observation(queued=queued, in_flight=in_flight, encoders=views,
                            arrivals_s=arrivals, unfinished=unfinished,
-                           last_scale_in_s=self.memory.last_scale_in_s)
+                           last_scale_in_s=memory.last_scale_in_s,
+                           boot_samples_s=tuple(memory.boot_samples_s),
+                           busy_slots_mean=busy_mean)
 
     def decide(self, obs: Observation, now_s: float) -> Decision:
         """The policy's decision, without launches when launches are not allowed."""
@@ -151,12 +197,16 @@ class Scaler:
         return decision
 
     def apply(self, decision: Decision, now_s: float) -> list[str]:
-        """Stop, then launch, as decided; returns the ids launched. Raises BackendError."""
+        """Terminate drained encoders, mark the ones to stop draining, then
+        launch, as decided; returns the ids launched. Raises BackendError."""
+        if self._drained:
+            self.fleet.stop(self._drained)
+        for encoder_id in decision.stop:
+            self.backends.store.mark_node_draining(encoder_id)
+            self.memory.draining.add(encoder_id)
+            self.memory.idle_since_s.pop(encoder_id, None)
         if decision.stop:
-            self.fleet.stop(list(decision.stop))
             self.memory.last_scale_in_s = now_s
-            for encoder_id in decision.stop:
-                self.memory.idle_since_s.pop(encoder_id, None)
         if decision.launch:
             return self.fleet.launch(decision.launch)
         return []
@@ -172,11 +222,11 @@ class Scaler:
         line = (f"policy={self.policy.policy} queued={obs.queued} in_flight={obs.in_flight} "
                 f"unfinished={obs.unfinished_jobs} encoders={len(obs.encoders)} "
                 f"booting={booting} -> launch={decision.launch} started={len(launched)} "
-                f"stop={list(decision.stop)} ({decision.reason})")
+                f"stop={list(decision.stop)} terminated={self._drained} ({decision.reason})")
         # Every decision is logged; the ones that change nothing, in an
         # unchanged picture, only at DEBUG, so an idle system does not write
         # a line every interval.
-        acted = bool(decision.launch or decision.stop)
+        acted = bool(decision.launch or decision.stop or self._drained)
         level = logging.INFO if acted or picture != self._last_logged else logging.DEBUG
         self._last_logged = picture
         log.log(level, "%s", line)
@@ -209,19 +259,24 @@ class Scaler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the scaler until SIGTERM or SIGINT, or the simulator (`simulate ...`).
+    """Run the scaler until SIGTERM or SIGINT, or the simulator (`simulate ...`, `suite ...`).
 
     Returns 0, or 2 if the scaler cannot start (bad settings, no fleet).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["simulate"]:
-        from feeder.simulate import main as simulate_main
+        from feeder.simcli import simulate_main
 
         return simulate_main(argv[1:])
+    if argv[:1] == ["suite"]:
+        from feeder.simcli import suite_main
+
+        return suite_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="nommer-scaler",
         description="Launch and stop encoders as the backlog needs. "
-                    "'nommer-scaler simulate --help' compares the policies on a trace.")
+                    "'nommer-scaler simulate --help' compares the policies on a trace, "
+                    "'nommer-scaler suite --help' over many.")
     parser.add_argument("--config", help="TOML settings file (default: $NOMMER_CONFIG)")
     args = parser.parse_args(argv)
     configure_logging()

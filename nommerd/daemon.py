@@ -10,13 +10,18 @@ Signals only set flags; the main loop acts on them (CONVENTIONS 6):
 supervisord's stopwaitsecs must exceed the grace plus RELEASE_WAIT_S, so it
 does not SIGKILL an encoder before its jobs are given back.
 
+Scale-in never interrupts a job: the scaler marks the node draining in the
+store; at its next heartbeat nommerd sees the mark, takes no new job, and
+exits 0 (reporting "stopped") when its running jobs end. Its first act is
+to delete any report an earlier run in the same slot left, mark and all.
+
 On EC2 (backend "aws", nommerd/ec2.py): the node id is the instance id from
 the metadata service unless --node-id is given; a Spot interruption notice
-acts like a second SIGTERM (jobs given back at once, then exit 0); idle too
-long with nommerd_terminate_when_idle, it terminates its own instance, then
-exits.
+acts like a second SIGTERM (jobs given back at once, then exit 0); drained,
+or idle too long with nommerd_terminate_when_idle, it terminates its own
+instance, then exits.
 
-Exit status: 0 after a signal, a Spot notice or when idle too long
+Exit status: 0 after a signal, a Spot notice, when drained or when idle too long
 (supervisord's autorestart=unexpected with exitcodes=0 leaves the slot
 stopped), 1 when the store and queues cannot be opened or an idle EC2
 encoder could not terminate its instance (supervisord starts it again, and
@@ -78,6 +83,7 @@ class Daemon:
         self._signals_handled = 0
         self.interruption_notice = False  # written only by on_interruption_notice
         self.stopped_idle = False
+        self.drained = False
         self._release_at: float | None = None
         self._released_at: float | None = None
         self._stopped = False
@@ -101,6 +107,7 @@ class Daemon:
     def run(self) -> int:
         """Work until stopped by a signal or idleness; returns the exit status."""
         log.info("node %s: starting %d worker(s)", self.node_id, len(self.workers))
+        self._forget_old_report()
         self.report()
         for thread in self._threads:
             thread.start()
@@ -114,6 +121,7 @@ class Daemon:
                     break
                 self._stop_when_idle()
                 if time.monotonic() >= next_report_at:
+                    self._check_draining()
                     self.report()
                     next_report_at = time.monotonic() + self.settings.nommerd_heartbeat_interval_s
                 time.sleep(LOOP_TICK_S)
@@ -182,6 +190,30 @@ class Daemon:
                 log.warning("%s: releasing its job failed: %s", worker.name, exc)
         return True
 
+    def _forget_old_report(self) -> None:
+        # A report left by an earlier run in this slot may carry a draining
+        # mark meant for that run.
+        try:
+            self.backends.store.delete_node(self.node_id)
+        except BackendError as exc:
+            log.warning("clearing the old node report failed: %s", exc)
+
+    def _check_draining(self) -> None:
+        """The scaler marked this node draining: take no new job, and stop
+        once the running ones end (the workers return, so run() does)."""
+        if self.control.draining.is_set():
+            return
+        try:
+            node = self.backends.store.get_node(self.node_id)
+        except BackendError as exc:
+            log.warning("reading the node report failed: %s", exc)
+            return
+        if node is not None and node.draining:
+            log.info("draining: taking no new work; stopping when %d running job(s) end",
+                     self.control.active_jobs)
+            self.drained = True
+            self.control.draining.set()
+
     def _stop_when_idle(self) -> None:
         if not self.settings.nommerd_terminate_when_idle or self.control.stopping.is_set():
             return
@@ -234,7 +266,8 @@ def run_daemon(settings: Settings, backends: Backends, node_id: str, stop_grace_
         # exit into a death by signal while the interpreter shuts down.
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
-    if on_ec2 and daemon.stopped_idle and not ec2.terminate_own_instance(settings, node_id):
+    if (on_ec2 and (daemon.stopped_idle or daemon.drained)
+            and not ec2.terminate_own_instance(settings, node_id)):
         return 1
     return status
 

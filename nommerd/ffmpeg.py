@@ -144,16 +144,32 @@ def _flags(pairs: list) -> list[str]:
     return argv
 
 
+def _seek_in_seconds(pairs: list, duration_s: float | None) -> list:
+    """Input pairs with an "ss" given as a percentage ("10%") turned into
+    seconds of the source. Raises MediaError when the duration is unknown."""
+    resolved = []
+    for key, value in pairs:
+        if key == "ss" and isinstance(value, str) and value.endswith("%"):
+            if not duration_s:
+                raise MediaError(f"a seek of {value} of the source needs its duration, "
+                                 "which the source does not tell")
+            value = f"{duration_s * float(value[:-1]) / 100:.3f}"
+        resolved.append([key, value])
+    return resolved
+
+
 def build_pass_argvs(ffmpeg: str, job_options: dict, source_path: str, demuxer: str,
                      output_path: str, work_dir: str,
-                     tolerate_decode_errors: bool = False) -> list[list[str]]:
+                     tolerate_decode_errors: bool = False,
+                     duration_s: float | None = None) -> list[list[str]]:
     """One argv per pass of `job_options` (the original's wire form).
 
     With two passes, pass 1 writes to the null muxer and both share a pass
     log in `work_dir`. Unless `tolerate_decode_errors`, ffmpeg stops at the
     first error (-xerror): a truncated or corrupt source fails the job
-    instead of ending with a short output. Raises MediaError for an
-    unusable pass list.
+    instead of ending with a short output. `duration_s` (the source's) turns
+    a seek given in percent into seconds. Raises MediaError for an unusable
+    pass list.
     """
     passes = job_options.get("options") or []
     if len(passes) not in (1, 2):
@@ -163,7 +179,7 @@ def build_pass_argvs(ffmpeg: str, job_options: dict, source_path: str, demuxer: 
         argv = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1"]
         if not tolerate_decode_errors:
             argv.append("-xerror")
-        argv += _flags(options.get("infile_options") or [])
+        argv += _flags(_seek_in_seconds(options.get("infile_options") or [], duration_s))
         argv += ["-protocol_whitelist", "file", "-f", demuxer, "-i", source_path]
         argv += _flags(options.get("outfile_options") or [])
         if len(passes) == 2:

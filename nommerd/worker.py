@@ -51,11 +51,14 @@ class Control:
     """Flags and counters shared by the daemon's threads.
 
     stopping: take no new work. release_now: give held jobs back at once.
+    draining: the scaler wants this encoder gone: take no new work, but
+    finish the jobs held (and one a receive already returned).
     `on_change` is called (outside the lock) whenever a job starts or ends.
     """
 
     def __init__(self, on_change: Callable[[], None] = lambda: None):
         self.stopping = threading.Event()
+        self.draining = threading.Event()
         self.release_now = threading.Event()
         self.on_change = on_change
         self._lock = threading.Lock()
@@ -239,7 +242,7 @@ class Worker:
 
     def run(self) -> None:
         backoff_s = 0.5
-        while not self.control.stopping.is_set():
+        while not (self.control.stopping.is_set() or self.control.draining.is_set()):
             try:
                 message = self._receive()
                 if message is not None:
@@ -380,7 +383,8 @@ class Worker:
         info = check_source(self.ffmpeg, source)
         output = os.path.join(work_dir, output_name(held.job.destination))
         argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output,
-                                 work_dir, self.settings.tolerate_decode_errors)
+                                 work_dir, self.settings.tolerate_decode_errors,
+                                 duration_s=info.duration_s)
 
         def on_progress(percent: int) -> None:
             if not held.heartbeat(progress=percent):

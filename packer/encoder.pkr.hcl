@@ -17,7 +17,12 @@ source "amazon-ebs" "encoder" {
   subnet_id       = var.subnet_id
   ami_name        = "${var.ami_name}-${var.project_version}-${local.ami_version}"
   ami_description = "media-nommer ${var.project_version} encoder (nommerd under supervisord), Debian 12"
-  ami_groups      = var.ami_public ? ["all"] : []
+  ami_regions     = var.ami_regions
+  // Never public here: `fab build-ami --public` shares the image only after
+  // it is marked IMDSv2-only (see provisioning/ami.py).
+
+  // The build machine is reachable over SSH from these addresses only.
+  temporary_security_group_source_cidrs = var.ssh_source_cidrs
 
   // Debian 12 (bookworm), published by Debian's own AWS account. Its
   // python3 is 3.11, which the wheelhouse is built for.
@@ -34,10 +39,12 @@ source "amazon-ebs" "encoder" {
   ssh_username = "admin"
 
   // IMDSv2: Packer 1.6.6 knows neither `imds_support` nor
-  // `metadata_options`, so the image is marked imdsSupport=v2.0 after the
-  // build by `fab build-ami` (ModifyImageAttribute; see docs/provisioning.md
-  // for a hand build). Encoders are launched with IMDSv2 required in any
-  // case (core/fleets/ec2.py), and nommerd only speaks IMDSv2.
+  // `metadata_options`. `fab build-ami` requires IMDSv2 on the build
+  // machine as soon as it runs (it finds it by the build_id run tag), and
+  // with a current Packer `metadata_options` can do it at launch (see
+  // docs/provisioning.md). The image itself is marked imdsSupport=v2.0 by `fab build-ami`
+  // (ModifyImageAttribute) before it is shared; see docs/provisioning.md
+  // for a hand build.
 
   launch_block_device_mappings {
     device_name = "/dev/xvda"
@@ -55,6 +62,25 @@ source "amazon-ebs" "encoder" {
     project         = "media-nommer"
     project_version = var.project_version
     ami_version     = local.ami_version
+    source_ami      = "{{ .SourceAMI }}"
+    source_ami_name = "{{ .SourceAMIName }}"
+  }
+  snapshot_tags = {
+    Name            = "${var.ami_name}-${var.project_version}-${local.ami_version}"
+    project         = "media-nommer"
+    project_version = var.project_version
+    ami_version     = local.ami_version
+  }
+  // The temporary build machine and its volume, so they are recognised
+  // (and billed to the project) while the build runs.
+  run_tags = {
+    Name                 = "media-nommer-ami-build"
+    project              = "media-nommer"
+    "media-nommer-build" = var.build_id
+  }
+  run_volume_tags = {
+    Name    = "media-nommer-ami-build"
+    project = "media-nommer"
   }
 }
 

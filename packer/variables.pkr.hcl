@@ -48,14 +48,26 @@ variable "root_volume_gb" {
   description = "Root volume of encoders launched from the AMI: sources and outputs are staged there while encoding."
 }
 
-variable "ami_public" {
-  type        = bool
-  default     = false
-  description = "Share the AMI with every AWS account (the account's block on public AMIs must be off)."
+variable "ami_regions" {
+  type        = list(string)
+  default     = []
+  description = "Further regions the AMI is copied to (besides region)."
+}
+
+variable "ssh_source_cidrs" {
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+  description = "Addresses allowed to reach the build machine over SSH (temporary_security_group_source_cidrs); set your own, e.g. [\"203.0.113.7/32\"]."
 }
 
 variable "manifest_path" {
   type        = string
   default     = "packer-manifest.json"
   description = "Where the manifest post-processor writes the new AMI id."
+}
+
+variable "build_id" {
+  type        = string
+  default     = ""
+  description = "Tag value that marks this build's temporary machine; `fab build-ami` finds it by it to require IMDSv2 on it."
 }

@@ -5,7 +5,9 @@ with the freshly installed project:
         [--log-dir L] [--run-dir R] [--bin-dir B] [--systemd-dir S] [--user U]
 
 Writes <etc-dir>/supervisord.conf (the `nommerd` program), <bin-dir>/supervisorctl
-(a wrapper that reads that file) and <systemd-dir>/media-nommer-encoder.service.
+(a wrapper that reads that file), <bin-dir>/media-nommer-start-nommerd (starts
+nommerd at boot when its settings are there), <systemd-dir>/media-nommer-encoder.service
+and <systemd-dir>/media-nommer-ssh-host-keys.service.
 Every folder defaults to the AMI's (provisioning.layout.EncoderLayout) and
 must exist. Exit status 0, or 2 for bad arguments.
 """
@@ -17,7 +19,8 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from provisioning.layout import EncoderLayout
-from provisioning.render import (render_encoder_supervisord, render_encoder_unit,
+from provisioning.render import (render_boot_start, render_encoder_supervisord,
+                                 render_encoder_unit, render_host_keys_unit,
                                  render_supervisorctl_wrapper)
 
 
@@ -26,7 +29,9 @@ def encoder_files(layout: EncoderLayout) -> dict[PurePosixPath, tuple[str, int]]
     return {
         layout.supervisord_conf: (render_encoder_supervisord(layout), 0o644),
         layout.supervisorctl_wrapper: (render_supervisorctl_wrapper(layout), 0o755),
+        layout.boot_start: (render_boot_start(layout), 0o755),
         layout.unit_path: (render_encoder_unit(layout), 0o644),
+        layout.host_keys_unit_path: (render_host_keys_unit(), 0o644),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from provisioning.errors import ProvisioningError
+from provisioning.hostcheck import DEFAULT_SETTLE_S
 from provisioning.layout import FEEDER_PROGRAMS, FeederLayout
 from provisioning.remote import Host, q
 
@@ -23,6 +24,12 @@ class FeederHost(Host):
     def __init__(self, connection, layout: FeederLayout):
         super().__init__(connection)
         self.layout = layout
+
+    def point_current(self, link: str) -> None:
+        """Point `current` at `link` (releases/<id>) with a rename: never half switched."""
+        current = self.layout.current
+        self.must(f"ln -sfn {q(link)} {q(current)}.new && mv -Tf {q(current)}.new {q(current)}",
+                  f"pointing {current} at {link}")
 
     # --- supervisord ---------------------------------------------------
 
@@ -45,12 +52,12 @@ class FeederHost(Host):
 
     def uses_systemd(self, wanted: str) -> bool:
         """Whether supervisord runs as a systemd unit: `wanted` is "yes",
-        "no", or "auto" (when systemd runs the host and we are root)."""
+        "no", or "auto" (when systemd runs the host)."""
         if wanted in ("yes", "no"):
             return wanted == "yes"
         if wanted != "auto":
             raise ProvisioningError(f"--systemd must be auto, yes or no, not {wanted!r}")
-        return self.user == "root" and self.run("test -d /run/systemd/system").exited == 0
+        return self.run("test -d /run/systemd/system").exited == 0
 
     def start_supervisord(self, unit_text: str | None) -> None:
         """Start supervisord: as the systemd unit `unit_text` when given (and
@@ -69,6 +76,14 @@ class FeederHost(Host):
                       f"</dev/null >>{q(layout.log_dir)}/supervisord.start.log 2>&1",
                       "starting supervisord")
         self.wait_supervisord()
+
+    def start_installed_supervisord(self, uses_systemd: bool) -> None:
+        """Start supervisord as installed before (the unit already written)."""
+        if uses_systemd:
+            self.must(f"systemctl start {UNIT_NAME}", f"starting {UNIT_NAME}")
+            self.wait_supervisord()
+        else:
+            self.start_supervisord(None)
 
     def wait_supervisord(self) -> int:
         deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT_S
@@ -95,38 +110,58 @@ class FeederHost(Host):
         # with its log; supervisorctl's own message says less.
         self.supervisorctl("restart " + " ".join(FEEDER_PROGRAMS))
 
+    def remove_unit(self) -> None:
+        """Stop and remove the systemd unit, if there is one: undoes the first
+        start_supervisord of a host."""
+        if self.exists(UNIT_PATH):
+            self.run(f"systemctl disable --now {UNIT_NAME}")
+            self.must(f"rm -f {UNIT_PATH} && systemctl daemon-reload", f"removing {UNIT_PATH}")
+
     def shutdown_supervisord(self, uses_systemd: bool) -> None:
+        """Stop supervisord and its programs; returns once it has exited."""
         if uses_systemd:
             self.must(f"systemctl stop {UNIT_NAME}", f"stopping {UNIT_NAME}")
-        else:
-            self.supervisorctl("shutdown", "supervisorctl shutdown")
-            deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT_S + 60
-            while self.supervisord_pid() is not None:
-                if time.monotonic() > deadline:
-                    raise ProvisioningError(f"supervisord on {self.name} did not stop")
-                time.sleep(0.5)
+            return
+        pid = self.supervisord_pid()
+        if pid is None:
+            return
+        self.supervisorctl("shutdown", "supervisorctl shutdown")
+        # supervisord exits after its programs have stopped (each within its
+        # stopwaitsecs).
+        deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT_S + 60
+        while self.run(f"kill -0 {pid}").exited == 0:
+            if time.monotonic() > deadline:
+                raise ProvisioningError(f"supervisord on {self.name} did not stop")
+            time.sleep(0.5)
 
     # --- the API and what to show when it is not healthy ----------------
 
-    def wait_healthy(self, timeout_s: float) -> str:
-        """The API's /health answer. Raises ProvisioningError with the
-        programs' states and the API's log when it does not answer success
-        within `timeout_s`."""
+    def wait_healthy(self, timeout_s: float, settle_s: float = DEFAULT_SETTLE_S) -> str:
+        """The API's /health answer once api, scheduler and scaler have been
+        RUNNING for `settle_s` and /health answers success. Raises
+        ProvisioningError with the programs' states and the logs of those
+        not running when that does not happen within `timeout_s`."""
         layout = self.layout
         result = self.run(f"{q(layout.python)} -m provisioning.hostcheck health "
-                          f"--nomconf {q(layout.nomconf)} --timeout-s {timeout_s:g}",
+                          f"--nomconf {q(layout.nomconf)} --socket {q(layout.socket)} "
+                          f"--programs {','.join(FEEDER_PROGRAMS)} "
+                          f"--timeout-s {timeout_s:g} --settle-s {settle_s:g}",
                           timeout_s=timeout_s + 60)
         if result.exited == 0:
             return result.stdout.strip()
-        raise ProvisioningError(f"the API on {self.name} is not healthy: "
-                                f"{(result.stderr or result.stdout).strip()}\n"
-                                f"{self.diagnostics()}")
+        said = (result.stderr or result.stdout).strip()
+        raise ProvisioningError(f"{self.name} is not healthy: {said}\n{self.diagnostics(said)}")
 
-    def diagnostics(self) -> str:
-        status = self.supervisorctl("status").strip()
-        log = self.run(f"tail -n {DIAGNOSTIC_LOG_LINES} {q(self.layout.log_dir)}/api.log").stdout
-        return (f"supervisorctl status:\n{status}\n"
-                f"last lines of {self.layout.log_dir}/api.log:\n{log.strip()}")
+    def diagnostics(self, problem: str = "") -> str:
+        """supervisorctl status and the end of the log of the API and of
+        every feeder program that `problem` names."""
+        parts = [f"supervisorctl status:\n{self.supervisorctl('status').strip()}"]
+        for program in FEEDER_PROGRAMS:
+            if program == "api" or f"{program} " in problem:
+                path = self.layout.log_dir / f"{program}.log"
+                log = self.run(f"tail -n {DIAGNOSTIC_LOG_LINES} {q(path)}").stdout
+                parts.append(f"last lines of {path}:\n{log.strip()}")
+        return "\n".join(parts)
 
     def logs(self, programs: list[str], lines: int) -> str:
         parts = []

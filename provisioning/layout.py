@@ -43,6 +43,9 @@ class FeederLayout:
         var/                 the default data_dir (SQLite, media)
         run/                 supervisord's socket and pid file
         log/                 supervisord's and the programs' logs
+        deployed.json        the release and files last seen healthy
+
+    and beside the prefix, <prefix>.lock while a deploy or rollback runs.
     """
 
     prefix: PurePosixPath
@@ -88,6 +91,16 @@ class FeederLayout:
     @property
     def log_dir(self) -> PurePosixPath:
         return self.prefix / "log"
+
+    @property
+    def marker(self) -> PurePosixPath:
+        return self.prefix / "deployed.json"
+
+    @property
+    def lock(self) -> PurePosixPath:
+        """Beside the prefix, not in it: a failed first deploy removes the
+        prefix while it still holds the lock."""
+        return self.prefix.with_name(self.prefix.name + ".lock")
 
     @property
     def socket(self) -> PurePosixPath:
@@ -147,6 +160,14 @@ class EncoderLayout:
     @property
     def supervisorctl_wrapper(self) -> PurePosixPath:
         return self.bin_dir / "supervisorctl"
+
+    @property
+    def boot_start(self) -> PurePosixPath:
+        return self.bin_dir / "media-nommer-start-nommerd"
+
+    @property
+    def host_keys_unit_path(self) -> PurePosixPath:
+        return self.systemd_dir / "media-nommer-ssh-host-keys.service"
 
     @property
     def unit_name(self) -> str:

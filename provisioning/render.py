@@ -23,6 +23,13 @@ from provisioning.layout import (ENCODER_STOP_GRACE_S, LOCAL_ENCODER_STOP_GRACE_
 UNIT_STOP_MARGIN_S = 30
 # The feeder's own programs' longest stopwaitsecs (the scheduler's).
 FEEDER_STOPWAITSECS = 15
+# Log rotation on the hosts, by supervisord: size of a log file before it is
+# rotated, and how many rotated files are kept.
+LOG_MAX_BYTES = "20MB"
+LOG_BACKUPS = 5
+_LOGS = {"log_max_bytes": LOG_MAX_BYTES, "log_backups": LOG_BACKUPS}
+# How long the encoder's boot start waits for supervisord's socket.
+BOOT_START_WAIT_S = 60
 
 
 def template(name: str) -> string.Template:
@@ -70,7 +77,8 @@ def render_feeder_supervisord(settings: Settings, layout: FeederLayout,
     nommerd slots when the backend is "local" (on "aws" encoders are EC2
     instances). `run_as`: the user supervisord drops to after it starts as
     root, or None to stay the user that starts it."""
-    common = {"python": layout.python, "nomconf": layout.nomconf, "log_dir": layout.log_dir}
+    common = {"python": layout.python, "nomconf": layout.nomconf, "log_dir": layout.log_dir,
+              **_LOGS}
     encoder_programs, encoder_note = "", "Encoders are EC2 instances (backend \"aws\")."
     if settings.backend == "local":
         encoder_note = "Encoders are the `nommerd` slots (backend \"local\")."
@@ -108,12 +116,14 @@ def render_feeder_unit(settings: Settings, layout: FeederLayout) -> str:
         venv=layout.current / "venv",
         supervisord_conf=layout.supervisord_conf,
         timeout_stop_s=feeder_unit_stop_s(settings),
+        exec_start_post="",
     )
 
 
 def render_encoder_supervisord(layout: EncoderLayout) -> str:
     """The encoder AMI's supervisord.conf with its `nommerd` program."""
     return template("encoder-supervisord.conf").substitute(
+        _LOGS,
         nomconf=layout.nomconf,
         bin_dir=layout.bin_dir,
         run_dir=layout.run_dir,
@@ -136,7 +146,19 @@ def render_encoder_unit(layout: EncoderLayout) -> str:
         venv=layout.venv,
         supervisord_conf=layout.supervisord_conf,
         timeout_stop_s=stopwaitsecs(ENCODER_STOP_GRACE_S) + UNIT_STOP_MARGIN_S,
+        exec_start_post=f"ExecStartPost={layout.boot_start}\n",
     )
+
+
+def render_boot_start(layout: EncoderLayout) -> str:
+    """The script that starts nommerd at boot once its settings are there."""
+    return template("start-nommerd.sh").substitute(
+        unit_name=layout.unit_name, nomconf=layout.nomconf,
+        supervisorctl=layout.supervisorctl_wrapper, wait_s=BOOT_START_WAIT_S)
+
+
+def render_host_keys_unit() -> str:
+    return template("ssh-host-keys.service").template
 
 
 def render_supervisorctl_wrapper(layout: EncoderLayout) -> str:

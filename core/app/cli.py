@@ -1,4 +1,4 @@
-"""`nommer`: run the system, try it with a sample clip, submit and follow jobs."""
+"""`nommer`: run the system, try it with a sample clip, list presets, submit and follow jobs."""
 from __future__ import annotations
 
 import argparse
@@ -45,14 +45,26 @@ class ApiClient:
 
     def submit(self, source: str, destination: str, passes: list[dict],
                notify_url: str | None = None) -> str:
-        body = {"source_path": source, "dest_path": destination,
-                "job_options": {"nommer": FFMPEG_NOMMER, "options": passes}}
+        return self.submit_options(source, destination,
+                                   {"nommer": FFMPEG_NOMMER, "options": passes}, notify_url)
+
+    def submit_options(self, source: str, destination: str, job_options: dict,
+                       notify_url: str | None = None) -> str:
+        """Submit with `job_options` as they are (passes, or {"preset": NAME, ...});
+        returns the job id. Raises NommerError with the API's message when refused."""
+        body = {"source_path": source, "dest_path": destination, "job_options": job_options}
         if notify_url:
             body["notify_url"] = notify_url
         answer = self._request("POST", "/job/submit/", body)
         if not answer.get("success"):
             raise NommerError(f"job refused: {answer.get('message')}")
         return answer["job_id"]
+
+    def presets(self) -> list[dict]:
+        answer = self._request("GET", "/presets")
+        if not answer.get("success"):
+            raise NommerError(answer.get("message", "cannot list presets"))
+        return answer["presets"]
 
     def job(self, job_id: str) -> dict:
         answer = self._request("GET", f"/jobs/{job_id}")
@@ -154,13 +166,46 @@ def cmd_demo(args, settings) -> int:
     return 0
 
 
+def as_uri(location: str) -> str:
+    """`location` as a URI: a local path becomes an absolute file:// URI."""
+    if "://" in location:
+        return location
+    return Path(location).expanduser().resolve().as_uri()
+
+
+def preset_request(name: str, overrides: list[str]) -> dict:
+    """{"preset": name, key: value, ...} from "key=value" overrides. Raises NommerError."""
+    job_options = {"preset": name}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise NommerError(f"--set {item!r}: expected KEY=VALUE, e.g. video_bitrate=1500k")
+        job_options[key.strip()] = value.strip()
+    return job_options
+
+
 def cmd_submit(args, settings) -> int:
     client = _client(settings)
-    job_id = client.submit(args.source, args.destination, h264_passes(args.two_pass), args.notify_url)
+    source, destination = as_uri(args.source), as_uri(args.destination)
+    if args.preset:
+        job_id = client.submit_options(source, destination,
+                                       preset_request(args.preset, args.set), args.notify_url)
+    elif args.set:
+        raise NommerError("--set changes a preset: give --preset NAME too")
+    else:
+        job_id = client.submit(source, destination, h264_passes(args.two_pass), args.notify_url)
     print(job_id)
     if args.follow:
         job = follow(client, job_id, timeout_s=args.timeout)
         return 0 if job["state"] == "FINISHED" else 1
+    return 0
+
+
+def cmd_presets(args, settings) -> int:
+    for preset in _client(settings).presets():
+        print(f"{preset['name']:<12} .{preset['extension']:<5} {preset['description']}")
+        for key, override in preset["overrides"].items():
+            print(f"{'':<19}{key}={override['default']}: {override['meaning']}")
     return 0
 
 
@@ -177,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="encode a generated sample clip and follow it to the end")
     demo.add_argument("--two-pass", action="store_true")
     demo.add_argument("--timeout", type=float, default=300)
-    submit = sub.add_parser("submit", help="submit an H.264/AAC MP4 job")
-    submit.add_argument("source")
-    submit.add_argument("destination")
+    sub.add_parser("presets", help="list the catalogue presets and their overrides")
+    submit = sub.add_parser("submit", help="submit a job: a catalogue preset, or H.264/AAC MP4")
+    submit.add_argument("source", help="a URI, or a local path (sent as a file:// URI)")
+    submit.add_argument("destination", help="a URI, or a local path (sent as a file:// URI)")
+    submit.add_argument("--preset", help="a catalogue preset (see `nommer presets`)")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a preset override, e.g. video_bitrate=1500k (repeatable)")
     submit.add_argument("--notify-url")
     submit.add_argument("--two-pass", action="store_true")
     submit.add_argument("--follow", action="store_true")
@@ -196,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_module.load(args.config)
         handler = {"run": cmd_run, "demo": cmd_demo, "submit": cmd_submit,
-                   "status": cmd_status}[args.command]
+                   "presets": cmd_presets, "status": cmd_status}[args.command]
         return handler(args, settings)
     except NommerError as exc:
         print(f"nommer: {exc}", file=sys.stderr)

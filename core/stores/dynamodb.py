@@ -69,6 +69,8 @@ def _job_item(job: Job, version: int) -> dict:
         "version": {"N": str(version)},
         "created_key": {"S": _created_key(job)},
         "listing": {"S": _LISTING},
+        "sent_options": _string(None if job.sent_options is None
+                                else json.dumps(job.sent_options, sort_keys=True)),
     }
 
 
@@ -83,7 +85,14 @@ def _job_from_item(item: dict) -> Job:
         updated_at=text_to_time(item["updated_at"]["S"]),
         lease_expires_at=text_to_time(_unstring(item["lease_expires_at"])),
         version=int(item["version"]["N"]),
+        sent_options=_sent_options(item),
     )
+
+
+def _sent_options(item: dict) -> dict | None:
+    # Items written before the field existed have no attribute at all.
+    text = _unstring(item["sent_options"]) if "sent_options" in item else None
+    return json.loads(text) if text else None
 
 
 def _encode_cursor(created_key: str) -> str:
@@ -245,12 +254,17 @@ class DynamoDBJobStore(JobStore):
 
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id` (the original's attributes)."""
-        item = {"id": {"S": node.id}, "state": {"S": node.state},
-                "active_jobs": {"N": str(node.active_jobs)},
-                "last_report_dtime": {"S": time_to_text(node.last_report)},
-                "started_at": {"S": time_to_text(node.started_at)}}
+        # An update of the report's own attributes, so the draining mark stays.
         with aws_errors("put node"):
-            self._client.put_item(TableName=self.nodes_table_name, Item=item)
+            self._client.update_item(
+                TableName=self.nodes_table_name, Key={"id": {"S": node.id}},
+                UpdateExpression="SET #state = :state, active_jobs = :active, "
+                                 "last_report_dtime = :report, started_at = :started",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":state": {"S": node.state}, ":active": {"N": str(node.active_jobs)},
+                    ":report": {"S": time_to_text(node.last_report)},
+                    ":started": {"S": time_to_text(node.started_at)}})
 
     def list_nodes(self) -> list[Node]:
         """Every encoder report, by id (a consistent Scan: the table is one item per encoder)."""
@@ -263,11 +277,24 @@ class DynamoDBJobStore(JobStore):
                 nodes.append(Node(id=item["id"]["S"], state=item["state"]["S"],
                                   active_jobs=int(item["active_jobs"]["N"]),
                                   last_report=text_to_time(item["last_report_dtime"]["S"]),
-                                  started_at=text_to_time(item["started_at"]["S"])))
+                                  started_at=text_to_time(item["started_at"]["S"]),
+                                  draining=item.get("draining", {}).get("BOOL", False)))
             if "LastEvaluatedKey" not in answer:
                 break
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
         return sorted(nodes, key=lambda node: node.id)
+
+    def mark_node_draining(self, node_id: str) -> None:
+        """Set encoder `node_id`'s draining mark; no error if unknown."""
+        try:
+            with aws_errors("mark node draining"):
+                self._client.update_item(
+                    TableName=self.nodes_table_name, Key={"id": {"S": node_id}},
+                    UpdateExpression="SET draining = :yes",
+                    ConditionExpression="attribute_exists(id)",
+                    ExpressionAttributeValues={":yes": {"BOOL": True}})
+        except ConflictError:
+            pass  # no such report: nothing to mark
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown."""

@@ -39,7 +39,8 @@ MAX_ITEM_ATTRIBUTES = 256
 # A select answers at most 2500 items a page.
 MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
-_TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options")
+_TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options",
+                "sent_options")
 
 
 def _sdb_time(value) -> str:
@@ -69,7 +70,9 @@ def _chunks(field: str, value) -> list[tuple[str, str]]:
         (f"{field}__{index}", part) for index, part in enumerate(parts)]
 
 
-def _joined(attrs: dict[str, str], field: str):
+def _joined(attrs: dict[str, str], field: str, missing_ok: bool = False):
+    if missing_ok and f"{field}__count" not in attrs:
+        return None  # an item written before the field existed
     count = int(attrs[f"{field}__count"])
     return json.loads("".join(attrs[f"{field}__{index}"] for index in range(count)))
 
@@ -108,6 +111,7 @@ def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
         updated_at=text_to_time(attrs["updated_at"]),
         lease_expires_at=text_to_time(attrs["lease_expires_at"]),
         version=int(attrs["version"]),
+        sent_options=_joined(attrs, "sent_options", missing_ok=True),
     )
 
 
@@ -256,8 +260,21 @@ class SimpleDBJobStore(JobStore):
             nodes.append(Node(id=item["Name"], state=attrs["state"],
                               active_jobs=int(attrs["active_jobs"]),
                               last_report=text_to_time(attrs["last_report_dtime"]),
-                              started_at=text_to_time(attrs["started_at"])))
+                              started_at=text_to_time(attrs["started_at"]),
+                              draining=attrs.get("draining") == "1"))
         return sorted(nodes, key=lambda node: node.id)
+
+    def mark_node_draining(self, node_id: str) -> None:
+        """Set encoder `node_id`'s draining mark; no error if unknown (put_node
+        writes only its own attributes, so it keeps the mark)."""
+        try:
+            with aws_errors("mark node draining"):
+                self._client.put_attributes(
+                    DomainName=self.nodes_domain, ItemName=node_id,
+                    Attributes=[{"Name": "draining", "Value": "1", "Replace": True}],
+                    Expected={"Name": "id", "Value": node_id, "Exists": True})
+        except (ConflictError, NotFound):
+            pass  # no such report: nothing to mark
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown (SimpleDB's own behaviour)."""

@@ -15,9 +15,10 @@ from core.jobs import Job, JobState
 from core.sqlite_db import SQLiteDatabase, translate_errors
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
-# Schema version 1. A later version adds its migration here and bumps the
-# row in schema_versions (shared with the queues, one row per component).
-SCHEMA_VERSION = 1
+# Schema version 3 (2 added sent_options, 3 the nodes' draining mark; see
+# _migrate). A later version adds its migration there and bumps the row in
+# schema_versions (shared with the queues, one row per component).
+SCHEMA_VERSION = 3
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_versions (
         component TEXT PRIMARY KEY,
@@ -37,7 +38,9 @@ _SCHEMA = [
         created_at TEXT NOT NULL,           -- ISO-8601 UTC, fixed width
         updated_at TEXT NOT NULL,
         lease_expires_at TEXT,
-        version INTEGER NOT NULL)""",
+        version INTEGER NOT NULL,
+        sent_options TEXT)                  -- JSON object, or NULL
+    """,
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id)",
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -45,12 +48,13 @@ _SCHEMA = [
         state TEXT NOT NULL,
         active_jobs INTEGER NOT NULL,
         last_report TEXT NOT NULL,
-        started_at TEXT NOT NULL)""",
+        started_at TEXT NOT NULL,
+        draining INTEGER NOT NULL DEFAULT 0)""",
 ]
 
 _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
                 "state_details", "progress", "attempts", "node", "created_at",
-                "updated_at", "lease_expires_at", "version")
+                "updated_at", "lease_expires_at", "version", "sent_options")
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 
@@ -64,6 +68,8 @@ def _job_params(job: Job, version: int) -> dict:
         "updated_at": time_to_text(job.updated_at),
         "lease_expires_at": time_to_text(job.lease_expires_at),
         "version": version,
+        "sent_options": (None if job.sent_options is None
+                         else json.dumps(job.sent_options, sort_keys=True)),
     }
 
 
@@ -78,6 +84,7 @@ def _job_from_row(row: tuple) -> Job:
         updated_at=text_to_time(values["updated_at"]),
         lease_expires_at=text_to_time(values["lease_expires_at"]),
         version=values["version"],
+        sent_options=json.loads(values["sent_options"]) if values["sent_options"] else None,
     )
 
 
@@ -90,6 +97,22 @@ class SQLiteJobStore(JobStore):
 
     def __init__(self, path: str):
         self._db = SQLiteDatabase(path, _SCHEMA)
+        with translate_errors(f"migrating {path}"):
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older version up to SCHEMA_VERSION."""
+        # BEGIN IMMEDIATE: processes opening an old file together take turns,
+        # and each sees whether another has already added the column.
+        with self._db.write_transaction() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "sent_options" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN sent_options TEXT")
+            node_columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
+            if "draining" not in node_columns:
+                conn.execute("ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0")
+            conn.execute("UPDATE schema_versions SET version = ? WHERE component = 'jobs'",
+                         (SCHEMA_VERSION,))
 
     def create_job(self, job: Job) -> Job:
         """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
@@ -184,9 +207,12 @@ class SQLiteJobStore(JobStore):
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id`."""
         with translate_errors("put node"):
+            # An upsert that leaves `draining` as it is: only the scaler sets it.
             self._db.connection().execute(
-                "INSERT OR REPLACE INTO nodes (id, state, active_jobs, last_report, started_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO nodes (id, state, active_jobs, last_report, started_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " state = excluded.state, active_jobs = excluded.active_jobs,"
+                " last_report = excluded.last_report, started_at = excluded.started_at",
                 (node.id, node.state, node.active_jobs,
                  time_to_text(node.last_report), time_to_text(node.started_at)))
 
@@ -194,10 +220,17 @@ class SQLiteJobStore(JobStore):
         """Every encoder report, by id."""
         with translate_errors("list nodes"):
             rows = self._db.connection().execute(
-                "SELECT id, state, active_jobs, last_report, started_at FROM nodes ORDER BY id"
+                "SELECT id, state, active_jobs, last_report, started_at, draining"
+                " FROM nodes ORDER BY id"
             ).fetchall()
         return [Node(id=r[0], state=r[1], active_jobs=r[2], last_report=text_to_time(r[3]),
-                     started_at=text_to_time(r[4])) for r in rows]
+                     started_at=text_to_time(r[4]), draining=bool(r[5])) for r in rows]
+
+    def mark_node_draining(self, node_id: str) -> None:
+        """Set encoder `node_id`'s draining mark; no error if unknown."""
+        with translate_errors("mark node draining"):
+            self._db.connection().execute("UPDATE nodes SET draining = 1 WHERE id = ?",
+                                          (node_id,))
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown."""

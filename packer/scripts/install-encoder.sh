@@ -19,8 +19,10 @@
 #   ENCODER_DATA_DIR     nommerd's working folder (/var/lib/media-nommer)
 #   ENCODER_LOG_DIR      logs (/var/log/media-nommer)
 #   ENCODER_RUN_DIR      supervisord's socket and pid file (/run/media-nommer)
-#   ENCODER_BIN_DIR      the supervisorctl wrapper the user data calls (/usr/local/bin)
-#   ENCODER_SYSTEMD_DIR  the supervisord unit (/etc/systemd/system)
+#   ENCODER_BIN_DIR      the supervisorctl wrapper the user data calls and the
+#                        script that starts nommerd at boot (/usr/local/bin)
+#   ENCODER_SYSTEMD_DIR  the supervisord unit and the SSH host keys unit
+#                        (/etc/systemd/system)
 #   ENCODER_USER         the user nommerd runs as (nommer)
 #   ENCODER_PYTHON       the Python the virtualenv is made from (python3)
 #   ENCODER_SKIP_SYSTEM  1: skip what needs a whole machine: apt-get, creating
@@ -58,9 +60,12 @@ install_system_packages() {
     if command -v cloud-init >/dev/null 2>&1; then
         cloud-init status --wait >/dev/null || true
     fi
-    log "installing python3, python3-venv and cloud-init"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
+    # The image starts with every security fix published by build time.
+    log "upgrading the base image's packages"
+    apt-get upgrade -y -q -o Dpkg::Options::=--force-confold
+    log "installing python3, python3-venv and cloud-init"
     apt-get install -y -q --no-install-recommends python3 python3-venv ca-certificates cloud-init
 }
 
@@ -97,9 +102,9 @@ write_supervisord_files() {
 }
 
 enable_service() {
-    log "enabling media-nommer-encoder.service"
+    log "enabling media-nommer-encoder.service and media-nommer-ssh-host-keys.service"
     systemctl daemon-reload
-    systemctl enable media-nommer-encoder.service
+    systemctl enable media-nommer-encoder.service media-nommer-ssh-host-keys.service
 }
 
 check_install() {

@@ -35,7 +35,9 @@ def test_every_field_survives_create_and_get(store):
         created_at=datetime(2024, 5, 1, 12, 0, 0, tzinfo=plus_two),
         updated_at=datetime(2024, 5, 1, 12, 0, 1, 123456, tzinfo=timezone.utc),
         lease_expires_at=datetime(2024, 5, 1, 12, 1, 1, tzinfo=timezone.utc),
-        version=0)
+        version=0,
+        sent_options={"nommer": "ffmpeg", "options": [{"outfile_options": [["threads", 0],
+                                                                         ["an", None]]}]})
 
     created = store.create_job(job)
     fetched = store.get_job("job-1")
@@ -43,6 +45,11 @@ def test_every_field_survives_create_and_get(store):
     assert created == fetched == dataclasses.replace(job, version=1)
     assert fetched.created_at.utcoffset() is not None
     assert fetched.notify_url is None
+
+
+def test_a_job_without_sent_options_reads_back_none(store):
+    store.create_job(_job("job-1"))
+    assert store.get_job("job-1").sent_options is None
 
 
 def test_notify_url_and_empty_lease_round_trip(store):
@@ -252,3 +259,77 @@ def test_sqlite_store_used_after_close_is_a_backend_error(tmp_path):
     store.close()
     with pytest.raises(BackendError):
         store.get_job("job-1")
+
+
+def test_a_draining_mark_survives_the_encoders_own_reports(store):
+    started = datetime(2024, 5, 1, 11, 0, tzinfo=timezone.utc)
+    report = Node(id="encoder-a", state="idle", active_jobs=0,
+                  last_report=started, started_at=started)
+    store.put_node(report)
+    assert store.get_node("encoder-a").draining is False
+    store.mark_node_draining("encoder-a")
+    # The encoder's next report (which knows nothing of the mark) keeps it.
+    store.put_node(dataclasses.replace(report, state="working", active_jobs=1,
+                                       last_report=started + timedelta(seconds=5)))
+    node = store.get_node("encoder-a")
+    assert (node.draining, node.state, node.active_jobs) == (True, "working", 1)
+    # Marking an encoder that never reported creates nothing.
+    store.mark_node_draining("never-seen")
+    assert [n.id for n in store.list_nodes()] == ["encoder-a"]
+    assert store.get_node("never-seen") is None
+    # A new report after the old one is deleted starts unmarked.
+    store.delete_node("encoder-a")
+    store.put_node(report)
+    assert store.get_node("encoder-a").draining is False
+
+
+def test_sqlite_store_opens_a_database_made_before_sent_options(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
+        INSERT INTO schema_versions VALUES ('jobs', 1);
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, source TEXT NOT NULL,
+            destination TEXT NOT NULL, options TEXT NOT NULL, notify_url TEXT,
+            state TEXT NOT NULL, state_details TEXT NOT NULL, progress INTEGER NOT NULL,
+            attempts INTEGER NOT NULL, node TEXT, created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL, lease_expires_at TEXT, version INTEGER NOT NULL);
+        INSERT INTO jobs VALUES ('old-1', 'file:///m/a.mov', 'file:///m/a.mp4', '{}', NULL,
+            'PENDING', '', 0, 0, NULL, '2024-05-01T12:00:00.000000+00:00',
+            '2024-05-01T12:00:00.000000+00:00', NULL, 1);
+    """)
+    old.close()
+
+    store = SQLiteJobStore(str(path))
+    try:
+        assert store.get_job("old-1").sent_options is None
+        store.create_job(_job("new-1", sent_options={"preset": "mp4-720p"}))
+        assert store.get_job("new-1").sent_options == {"preset": "mp4-720p"}
+    finally:
+        store.close()
+    reopened = SQLiteJobStore(str(path))
+    try:
+        assert reopened.get_job("new-1").sent_options == {"preset": "mp4-720p"}
+    finally:
+        reopened.close()
+
+
+def test_sqlite_store_opens_a_database_made_before_the_draining_mark(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE nodes (id TEXT PRIMARY KEY, state TEXT NOT NULL,
+            active_jobs INTEGER NOT NULL, last_report TEXT NOT NULL, started_at TEXT NOT NULL);
+        INSERT INTO nodes VALUES ('encoder-a', 'idle', 0, '2024-05-01T12:00:00.000000+00:00',
+            '2024-05-01T11:00:00.000000+00:00');
+    """)
+    old.close()
+    store = SQLiteJobStore(str(path))
+    try:
+        assert store.get_node("encoder-a").draining is False
+        store.mark_node_draining("encoder-a")
+        assert store.get_node("encoder-a").draining is True
+    finally:
+        store.close()

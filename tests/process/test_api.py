@@ -185,7 +185,9 @@ def test_a_job_is_shown_with_its_secrets_redacted(api):
     assert job["destination"] == api.uri("out/master-640.mp4")
     assert job["notify_url"] == "https://app.example/done?token=REDACTED&job=1"
     assert b"0bad5ecre7" not in answer.raw and b"n0tify-secret" not in answer.raw
-    assert job["options"]["options"][0]["outfile_options"][0] == ["vcodec", "libx264"]
+    # What the client sent, and what runs once 2011-era options are translated.
+    assert job["sent_options"]["options"][0]["outfile_options"][0] == ["vcodec", "libx264"]
+    assert job["options"]["options"][0]["outfile_options"][0] == ["c:v", "libx264"]
 
 
 def test_jobs_are_listed_newest_first_a_page_at_a_time(api):

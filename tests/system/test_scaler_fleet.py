@@ -61,3 +61,43 @@ def test_original_policy_never_stops_encoders_they_idle_out(tmp_path):
         wait_for(lambda: running(system) == set(), 60, interval_s=0.5, what="encoder idled out")
         states = {info["name"]: info["statename"] for info in system.supervisor().getAllProcessInfo()}
         assert "EXITED" in {states["nommerd_00"], states["nommerd_01"]}
+
+
+
+def drain_marks(system) -> int:
+    """How many scaler decisions marked encoders draining so far."""
+    return sum(1 for line in system.log_tail("scaler", 5000).splitlines()
+               if "stop=[" in line and "stop=[]" not in line)
+
+
+def test_scale_in_drains_and_never_interrupts_a_job(tmp_path):
+    # Encoders are let go as soon as they idle (no billing minimum, no hold,
+    # no warm capacity) while jobs keep coming, so scale-in races new work
+    # again and again: half the jobs are sent just after an encoder was
+    # marked draining, before it has seen the mark. Every job must still run
+    # once, to the end: none is released or started again.
+    env = dict(BASE, NOMMER_SCALING_POLICY="predictive", NOMMER_SCALE_IN_IDLE_S="0.5",
+               NOMMER_SCALE_IN_BOOTS="0", NOMMER_BILLING_MINIMUM_S="0",
+               NOMMER_ACCEPTABLE_WAIT_S="600", NOMMER_NOMMERD_HEARTBEAT_INTERVAL_S="1",
+               NOMMER_NOMMERD_MAX_INACTIVITY="600")
+    with LocalSystem(tmp_path / "sys", env) as system:
+        ids: list[str] = []
+        for n in range(12):
+            marks = drain_marks(system)
+            ids += submit_batch(system, 1)
+            wait_for(lambda: all_ended(system, ids), 120, interval_s=0.3, what="job finished")
+            if n % 2 == 0:
+                # The encoder that ran it idles and is marked (unless it was
+                # marked already, and then stops): the next job comes right
+                # after the mark, often to the marked encoder.
+                wait_for(lambda: drain_marks(system) > marks or not running(system), 60,
+                         interval_s=0.2, what="an encoder marked draining or stopped")
+        jobs = [system.client.job(job_id) for job_id in ids]
+        assert [job["attempts"] for job in jobs] == [1] * len(ids), \
+            [(job["id"], job["attempts"], job["state_details"]) for job in jobs]
+        logs = system.log_tail("nommerd_00", 5000) + system.log_tail("nommerd_01", 5000)
+        assert "draining: taking no new work" in logs
+        assert "giving held jobs back" not in logs
+        # The drained encoders were terminated only once they had stopped.
+        assert "terminated=['" in system.log_tail("scaler", 5000) or \
+            "EXITED" in {info["statename"] for info in system.supervisor().getAllProcessInfo()}

@@ -311,3 +311,12 @@ def test_decode_errors_stop_ffmpeg_unless_tolerated():
     [tolerant] = build_pass_argvs(FF, one_pass(), "/w/source", "mov", "/w/output.mp4", "/w",
                                   tolerate_decode_errors=True)
     assert "-xerror" in strict and "-xerror" not in tolerant
+
+
+def test_a_seek_in_percent_becomes_seconds_of_the_source():
+    options = {"options": [{"infile_options": [["ss", "10%"]],
+                            "outfile_options": [["frames:v", "1"]]}]}
+    [argv] = build_pass_argvs(FF, options, "/w/s", "mov", "/w/o.jpg", "/w", duration_s=42.0)
+    assert argv[argv.index("-ss") + 1] == "4.200"
+    with pytest.raises(MediaError, match="needs its duration"):
+        build_pass_argvs(FF, options, "/w/s", "mov", "/w/o.jpg", "/w", duration_s=None)

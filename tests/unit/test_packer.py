@@ -55,11 +55,13 @@ def test_template_passes_packer_validate(tmp_path):
 def test_every_variable_build_ami_passes_is_declared_with_its_type(tmp_path):
     wheels = fake_wheelhouse(tmp_path / "wheelhouse")
     request = AmiRequest(region="eu-west-1", instance_type="c6i.large", ami_name="encoder",
-                         ami_version="7", subnet_id="subnet-0123", public=True)
+                         ami_version="7", subnet_id="subnet-0123", public=True,
+                         copy_regions=("us-west-2", "ap-south-1"),
+                         ssh_source_cidrs=("203.0.113.7/32",))
     variables = packer_variables(request, wheels, tmp_path / "manifest.json")
     assert set(variables) >= {"region", "wheelhouse_dir", "manifest_path", "project_version",
-                              "ami_public", "instance_type", "ami_name", "ami_version",
-                              "subnet_id"}
+                              "ami_regions", "ssh_source_cidrs", "instance_type", "ami_name",
+                              "ami_version", "subnet_id"}
     done = packer("validate", *[f"-var={key}={value}" for key, value in variables.items()], ".")
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -136,3 +138,82 @@ def test_manifest_names_the_ami_of_the_last_run(tmp_path):
         ami_from_manifest(manifest, "ap-south-1")
     with pytest.raises(ProvisioningError, match="no readable manifest"):
         ami_from_manifest(tmp_path / "absent.json", "eu-west-1")
+
+
+def test_template_never_shares_the_image_itself():
+    """Sharing is build-ami's last step, after imdsSupport=v2.0 is set."""
+    template = (PACKER_DIR / "encoder.pkr.hcl").read_text()
+    assert "ami_groups" not in template and "ami_users" not in template
+    for needed in ("snapshot_tags", "run_tags", "{{ .SourceAMI }}", "ami_regions",
+                   "temporary_security_group_source_cidrs"):
+        assert needed in template, needed
+
+
+def _recording_ec2(monkeypatch, block_state: str):
+    """EC2 for build-ami's publishing, answered by botocore's Stubber (moto
+    has no image block public access yet), which refuses calls out of the
+    order queued here; returns the stubber."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from provisioning import ami as ami_module
+
+    ec2 = boto3.client("ec2", region_name="eu-west-1", aws_access_key_id="x",
+                       aws_secret_access_key="x")
+    stubber = Stubber(ec2)
+    stubber.add_response("modify_image_attribute", {},
+                         {"ImageId": "ami-0new", "Attribute": "imdsSupport", "Value": "v2.0"})
+    stubber.add_response("get_image_block_public_access_state",
+                         {"ImageBlockPublicAccessState": block_state})
+    if block_state == "unblocked":
+        stubber.add_response("modify_image_attribute", {},
+                             {"ImageId": "ami-0new",
+                              "LaunchPermission": {"Add": [{"Group": "all"}]}})
+    stubber.activate()
+    monkeypatch.setattr(ami_module, "client", lambda settings, service: ec2)
+    return stubber
+
+
+def test_a_public_image_is_marked_imdsv2_only_before_it_is_shared(monkeypatch):
+    from core.settings import Settings
+    from provisioning.ami import publish
+
+    stubber = _recording_ec2(monkeypatch, "unblocked")
+    publish({"eu-west-1": "ami-0new"}, Settings(), public=True)
+    stubber.assert_no_pending_responses()
+
+
+def test_a_blocked_account_leaves_the_image_private_and_says_how_to_share(monkeypatch):
+    from core.settings import Settings
+    from provisioning.ami import publish
+
+    stubber = _recording_ec2(monkeypatch, "block-new-sharing")
+    with pytest.raises(ProvisioningError, match="stays private: this account blocks public"):
+        publish({"eu-west-1": "ami-0new"}, Settings(), public=True)
+    stubber.assert_no_pending_responses()  # and no launch permission was asked for
+
+
+def test_the_build_machine_of_this_build_is_made_to_require_imdsv2(moto_server):
+    import boto3
+
+    from provisioning.ami import BUILD_TAG, require_imdsv2_on_build_machine
+
+    ec2 = boto3.client("ec2", endpoint_url=moto_server.endpoint_url, region_name="eu-west-1",
+                       aws_access_key_id="AKIAPACKERTEST000001", aws_secret_access_key="x")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+
+    def launch(build_id: str) -> str:
+        return ec2.run_instances(
+            ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+            TagSpecifications=[{"ResourceType": "instance",
+                                "Tags": [{"Key": BUILD_TAG, "Value": build_id}]}],
+        )["Instances"][0]["InstanceId"]
+
+    ours, theirs = launch("build-ours"), launch("build-theirs")
+    assert require_imdsv2_on_build_machine(ec2, "build-ours") == [ours]
+    tokens = {instance["InstanceId"]: instance["MetadataOptions"].get("HttpTokens")
+              for reservation in ec2.describe_instances(InstanceIds=[ours, theirs])["Reservations"]
+              for instance in reservation["Instances"]}
+    assert tokens[ours] == "required" and tokens[theirs] != "required"
+    assert require_imdsv2_on_build_machine(ec2, "build-ours") == []  # once is enough
+    ec2.terminate_instances(InstanceIds=[ours, theirs])

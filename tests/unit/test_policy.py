@@ -7,9 +7,10 @@ import math
 import pytest
 
 from core.settings import Settings
-from feeder.policy import (PRESETS, EncoderView, Observation, PolicySettings,
-                           arrival_rate_per_s, decide, original_policy, paid_time_left_s,
-                           predictive_policy, warm_slots)
+from feeder.policy import (PRESETS, BusyHistory, EncoderView, Observation, PolicySettings,
+                           arrival_rate_per_s, decide, erlang_c, erlang_slots,
+                           estimate_boot_s, estimate_encode_s, original_policy,
+                           paid_time_left_s, predictive_policy, wait_exceeds_prob)
 
 NOW = 10_000.0
 
@@ -21,11 +22,12 @@ def original(**changes) -> PolicySettings:
 
 
 def predictive(**changes) -> PolicySettings:
-    # No warm slots unless a test asks: acceptable wait = boot time.
+    # No warm slots unless a test asks: acceptable wait = boot time. An idle
+    # encoder is held scale_in_idle_s, not a number of boots.
     base = PolicySettings(policy="predictive", min_encoders=0, max_encoders=3,
                           slots_per_encoder=1, boot_time_estimate_s=60,
-                          acceptable_wait_s=60, scale_in_idle_s=30, scale_cooldown_s=30,
-                          arrival_window_s=600, warm_miss_prob=0.2)
+                          acceptable_wait_s=60, scale_in_idle_s=30, scale_in_boots=0,
+                          scale_cooldown_s=30, arrival_window_s=600, wait_tail_prob=0.05)
     return dataclasses.replace(base, **changes)
 
 
@@ -132,17 +134,31 @@ def test_predictive_keeps_the_minimum_warm():
 
 
 def test_predictive_keeps_warm_slots_for_the_arrival_rate():
-    # One job a minute for the last ten, nothing queued or running: with no
-    # acceptable wait, a warm encoder waits for the next job.
+    # Nine jobs in the last ten minutes, nothing queued or running, 2-minute
+    # encodes (the estimate: nothing measured yet): an offered load of 1.8
+    # slots. With no acceptable wait and half of the jobs allowed to queue,
+    # Erlang C asks for 3 slots (C(2, 1.8) = 0.85, C(3, 1.8) = 0.35).
     arrivals = tuple(NOW - 600 + 60 * i for i in range(1, 10))
-    ps = predictive(acceptable_wait_s=0, warm_miss_prob=0.5)
+    ps = predictive(acceptable_wait_s=0, wait_tail_prob=0.5, encode_time_estimate_s=120,
+                    warm_min_arrivals_per_boot=0)
+    assert erlang_c(2, 1.8) > 0.5 >= erlang_c(3, 1.8)
     empty = Observation(queued=0, in_flight=0, arrivals_s=arrivals)
-    assert predictive_policy(empty, ps, NOW).launch == 1
-    warm = dataclasses.replace(empty, encoders=(running("a", idle_for_s=900),))
+    assert predictive_policy(empty, ps, NOW).launch == 3
+    warm = dataclasses.replace(empty, encoders=tuple(running(n, idle_for_s=900) for n in "abc"))
     assert predictive_policy(warm, ps, NOW).stop == ()
-    # Without arrivals the same idle encoder is let go.
+    # Without arrivals the same idle encoders are let go.
     quiet = dataclasses.replace(warm, arrivals_s=())
-    assert predictive_policy(quiet, ps, NOW).stop == ("a",)
+    assert predictive_policy(quiet, ps, NOW).stop == ("a", "b", "c")
+
+
+def test_predictive_keeps_no_warm_slots_for_fewer_arrivals_than_one_per_boot():
+    # 0.9 jobs a minute and a 60 s boot: a warm slot would mostly idle.
+    arrivals = tuple(NOW - 600 + 60 * i for i in range(1, 10))
+    obs = Observation(queued=0, in_flight=0, arrivals_s=arrivals)
+    ps = predictive(acceptable_wait_s=0, warm_min_arrivals_per_boot=1)
+    assert predictive_policy(obs, ps, NOW).launch == 0
+    faster = dataclasses.replace(obs, arrivals_s=arrivals + (NOW - 1,))  # 1.0 a minute
+    assert predictive_policy(faster, ps, NOW).launch > 0
 
 
 def test_predictive_keeps_no_warm_slots_when_a_job_may_wait_a_boot():
@@ -152,6 +168,32 @@ def test_predictive_keeps_no_warm_slots_when_a_job_may_wait_a_boot():
 
 
 # --- predictive: scaling in ---------------------------------------------------
+
+def test_predictive_counts_draining_encoders_as_gone():
+    draining = dataclasses.replace(running("a", busy=1), draining=True)
+    obs = Observation(queued=1, in_flight=1, encoders=(draining,))
+    assert predictive_policy(obs, predictive(acceptable_wait_s=0), NOW).launch == 1
+    # ... and never past the maximum, which they still count against.
+    full = Observation(queued=5, in_flight=1, encoders=(draining, running("b", 1),
+                                                        running("c", 1)))
+    assert predictive_policy(full, predictive(max_encoders=3), NOW).launch == 0
+
+
+def test_predictive_holds_an_idle_encoder_for_boots_it_has_measured():
+    # Boots of 100 s were seen: with scale_in_boots 1.5 an idle encoder stays 150 s.
+    ps = predictive(scale_in_boots=1.5, scale_in_idle_s=10)
+    boots = (100.0,) * 5
+    held = Observation(queued=0, in_flight=0, encoders=(running("a", idle_for_s=149),),
+                       boot_samples_s=boots)
+    assert predictive_policy(held, ps, NOW).stop == ()
+    gone = dataclasses.replace(held, encoders=(running("a", idle_for_s=150),))
+    assert predictive_policy(gone, ps, NOW).stop == ("a",)
+
+
+def test_predictive_stops_no_encoder_inside_its_minimum_billing():
+    young = Observation(queued=0, in_flight=0, encoders=(running("a", idle_for_s=40, age_s=50),))
+    assert predictive_policy(young, predictive(), NOW).stop == ()
+
 
 def test_predictive_stops_only_idle_encoders():
     obs = Observation(queued=0, in_flight=2,
@@ -183,6 +225,9 @@ def test_predictive_stops_the_encoder_with_the_least_paid_time_left_first():
     hourly = dataclasses.replace(ps, billing_minimum_s=3600, billing_increment_s=3600)
     obs = Observation(queued=0, in_flight=0, encoders=(
         running("early", idle_for_s=900, age_s=1000), running("late", idle_for_s=60, age_s=3500)))
+    assert predictive_policy(obs, hourly, NOW).stop == ()  # both are paid for a while yet
+    obs = Observation(queued=0, in_flight=0, encoders=(
+        running("early", idle_for_s=900, age_s=1097), running("late", idle_for_s=60, age_s=3597)))
     assert predictive_policy(obs, hourly, NOW).stop == ("late",)
 
 
@@ -219,23 +264,58 @@ def test_arrival_rate_forgets_a_burst_once_it_is_silent():
     assert arrival_rate_per_s(burst, NOW, 600) == pytest.approx(3 / (NOW - burst[-1]))
 
 
-def test_warm_slots_leave_at_most_the_allowed_share_of_jobs_without_a_slot():
-    ps = predictive(acceptable_wait_s=0, max_encoders=50, warm_miss_prob=0.2)
-    for rate in (1 / 1800, 1 / 120, 1 / 60, 1 / 10, 1.0):
-        mean = rate * 60
-        w = warm_slots(rate, ps)
-
-        def short(slots):  # E[(N - slots)+] for N ~ Poisson(mean), summed directly
-            return sum((k - slots) * math.exp(k * math.log(mean) - mean - math.lgamma(k + 1))
-                       for k in range(slots + 1, 400))
-        assert short(w) <= 0.2 * mean + 1e-9
-        assert w == 0 or short(w - 1) > 0.2 * mean
+def _erlang_c_by_sum(c: int, a: float) -> float:
+    """Erlang C from its textbook sum, to check the recursion."""
+    top = a ** c / math.factorial(c) * c / (c - a)
+    return top / (sum(a ** k / math.factorial(k) for k in range(c)) + top)
 
 
-def test_warm_slots_are_capped_by_the_fleet():
-    ps = predictive(acceptable_wait_s=0, max_encoders=3, slots_per_encoder=2)
-    assert warm_slots(100.0, ps) == 6
-    assert warm_slots(0.0, ps) == 0
+def test_erlang_c_matches_the_textbook_formula():
+    assert erlang_c(1, 0.3) == pytest.approx(0.3)  # M/M/1: P(wait) = utilisation
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    for c, a in ((3, 2.0), (10, 8.0), (25, 20.5), (40, 1.0)):
+        assert erlang_c(c, a) == pytest.approx(_erlang_c_by_sum(c, a), rel=1e-9)
+    assert erlang_c(4, 4.0) == 1.0 and erlang_c(4, 0.0) == 0.0
+
+
+def test_erlang_slots_are_the_fewest_that_meet_the_wait_target():
+    for rate, service, wait, tail in ((1 / 60, 120, 0, 0.05), (0.5, 30, 10, 0.02),
+                                      (1 / 600, 144, 60, 0.05), (2.0, 300, 30, 0.1)):
+        c = erlang_slots(rate, service, wait, tail, cap=10_000)
+        assert wait_exceeds_prob(c, rate, service, wait) <= tail
+        assert c == 1 or wait_exceeds_prob(c - 1, rate, service, wait) > tail
+    assert erlang_slots(0.0, 120, 0, 0.05, cap=10) == 0
+    assert erlang_slots(100.0, 120, 0, 0.05, cap=10) == 10
+
+
+def test_the_boot_estimate_is_the_80th_percentile_of_recent_boots():
+    ps = predictive(boot_time_estimate_s=60)
+    assert estimate_boot_s((), ps) == 60
+    assert estimate_boot_s(tuple(float(b) for b in range(41, 51)), ps) == 48
+    # Only the last 20 count.
+    assert estimate_boot_s((500.0,) * 5 + (50.0,) * 20, ps) == 50
+
+
+def test_the_encode_estimate_follows_littles_law():
+    # One job a minute over the window and 2.5 slots busy on average: 150 s.
+    arrivals = tuple(NOW - 600 + 60 * i for i in range(1, 11))
+    ps = predictive(arrival_window_s=600, encode_time_estimate_s=120)
+    obs = Observation(queued=0, in_flight=0, arrivals_s=arrivals, busy_slots_mean=2.5)
+    assert estimate_encode_s(obs, ps, NOW) == pytest.approx(150)
+    assert estimate_encode_s(dataclasses.replace(obs, busy_slots_mean=None), ps, NOW) == 120
+
+
+def test_busy_history_is_a_time_weighted_mean_over_the_window():
+    history = BusyHistory()
+    history.record(0, 4, window_s=100)
+    assert history.mean(0, 100) is None
+    history.record(30, 0, window_s=100)
+    history.record(100, 2, window_s=100)
+    # 4 slots for 30 s, none for 70 s.
+    assert history.mean(100, 100) == pytest.approx(1.2)
+    history.record(150, 2, window_s=100)
+    # Over (50, 150]: none for 50 s, 2 for 50 s.
+    assert history.mean(150, 100) == pytest.approx(1.0)
 
 
 def test_paid_time_left_follows_per_second_billing_with_a_minimum():

@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
 
-from feeder import scaler, simulate as sim
-from feeder.policy import PRESETS, PolicySettings
+from feeder import scaler, simulate as sim, tracegen
+from feeder.policy import PolicySettings
 
 # Jobs A and B arrive at 1 s and 2 s and encode for 60 s; job C arrives at
-# 200 s and encodes for 10 s. Two encoders at most, one slot each, 10 s boot,
-# a decision every 5 s (at 0, 5, 10, ...), billing per second with a 60 s
-# minimum.
+# 200 s and encodes for 10 s. Two encoders at most, one slot each, a 10 s
+# boot every time, a decision every 5 s (at 0, 5, 10, ...), billing per
+# second with a 60 s minimum.
 TINY = [(1.0, 60.0), (2.0, 60.0), (200.0, 10.0)]
-WORLD = dict(interval_s=5.0, boot_s=10.0, idle_exit_s=30.0)
+WORLD = dict(interval_s=5.0, boot_min_s=10.0, boot_max_s=10.0, idle_exit_s=30.0)
 BASE = PolicySettings(max_encoders=2, slots_per_encoder=1, job_overflow_thresh=2,
                       boot_time_estimate_s=10, scale_in_idle_s=20, scale_cooldown_s=0,
                       arrival_window_s=600)
@@ -41,8 +42,9 @@ def test_predictive_on_the_tiny_trace():
     # Acceptable wait 10 s = the boot, so no warm slots: only the backlog counts.
     # t=5: 2 queued -> target 2 -> launch e1, e2. Same starts as the original:
     # waits 14 and 13 s, both idle from 75. Idle 20 s at the tick at 95:
-    # stopped, 90 s each. C: launched at 200, starts at 210, ends at 220,
-    # stopped at 240 after 40 s: billed 60 s.
+    # drained, 90 s each. C: launched at 200, starts at 210, ends at 220,
+    # idle 20 s at 240 but paid until 260: drained at 255 (5 s of paid time
+    # left), billed the 60 s minimum.
     ps = dataclasses.replace(BASE, policy="predictive", acceptable_wait_s=10)
     result = sim.simulate(TINY, sim.SimConfig(policy=ps, **WORLD))
     assert result.encoder_seconds == 90 + 90 + 60
@@ -74,12 +76,13 @@ def test_billing_is_per_second_with_a_minimum():
 
 
 def test_the_shipped_traces_are_the_generated_ones():
-    for kind in sim.TRACE_KINDS:
-        assert sim.read_trace(sim.resolve_trace(kind)) == sim.generate_trace(kind), kind
+    for kind in tracegen.TRACE_KINDS:
+        assert tracegen.read_trace(tracegen.resolve_trace(kind)) == \
+            tracegen.generate_trace(kind), kind
 
 
 def test_the_burst_trace_is_200_jobs_in_a_minute_after_an_idle_hour():
-    arrivals = [arrival for arrival, _ in sim.generate_trace("burst")]
+    arrivals = [arrival for arrival, _ in tracegen.generate_trace("burst")]
     assert len(arrivals) == 200
     assert 3600 <= min(arrivals) and max(arrivals) < 3660
 
@@ -88,66 +91,125 @@ def test_read_trace_names_the_bad_line(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("arrival_s,encode_s\n1,10\n2,ten\n")
     with pytest.raises(ValueError, match="line 3"):
-        sim.read_trace(path)
+        tracegen.read_trace(path)
     path.write_text("when,how_long\n1,10\n")
     with pytest.raises(ValueError, match="header"):
-        sim.read_trace(path)
+        tracegen.read_trace(path)
 
 
 def test_an_own_trace_round_trips(tmp_path):
     path = tmp_path / "mine.csv"
-    sim.write_trace(path, TINY)
-    assert sim.read_trace(path) == TINY
+    tracegen.write_trace(path, TINY)
+    assert tracegen.read_trace(path) == TINY
 
 
-def _run(kind: str, policy: str, preset: str = "", seed: int = sim.DEFAULT_SEED,
-         max_encoders: int = 10) -> sim.SimResult:
-    """One run as docs/scaling.md makes them: 2 slots, 60 s boot, decisions every 5 s."""
-    ps = PolicySettings(policy=policy, max_encoders=max_encoders, slots_per_encoder=2,
-                        boot_time_estimate_s=60).with_preset(preset)
-    return sim.simulate(sim.generate_trace(kind, seed), sim.SimConfig(policy=ps))
+# --- the world ------------------------------------------------------------------
+
+def test_the_original_decides_every_minute_as_in_2011():
+    # One job at 1 s: the original first sees it at the tick at 60 s, its
+    # encoder boots for 10 s: it waits 69 s. The predictive policy, deciding
+    # every 5 s, launches at 5 s: 14 s.
+    one = [(1.0, 30.0)]
+    world = dict(WORLD, interval_s=None)
+    old = sim.simulate(one, sim.SimConfig(policy=dataclasses.replace(BASE, policy="original"),
+                                          **world))
+    new = sim.simulate(one, sim.SimConfig(
+        policy=dataclasses.replace(BASE, policy="predictive", acceptable_wait_s=10), **world))
+    assert (old.waits_s, new.waits_s) == ([69.0], [14.0])
 
 
-@pytest.mark.parametrize("seed", [sim.DEFAULT_SEED, 1, 2])
-def test_a_burst_costs_the_predictive_policy_at_most_0_7x_within_the_maximum(seed):
-    old = _run("burst", "original", seed=seed)
-    for preset in sorted(PRESETS):
-        new = _run("burst", "predictive", preset, seed=seed)
-        assert new.encoder_seconds <= 0.7 * old.encoder_seconds
-        assert new.peak_encoders <= 10
+def test_boot_times_are_drawn_from_the_range_and_the_policy_measures_them():
+    # One job every 10 minutes: each finds no encoder, so each waits for a
+    # boot (plus up to a 5 s tick).
+    jobs = [(600.0 * i + 1, 10.0) for i in range(30)]
+    ps = dataclasses.replace(BASE, policy="predictive", acceptable_wait_s=600,
+                             scale_in_idle_s=1, scale_in_boots=0)
+    result = sim.simulate(jobs, sim.SimConfig(policy=ps, interval_s=5.0, boot_min_s=40,
+                                              boot_max_s=120, seed=3))
+    assert result.launched == 30
+    assert all(40 <= wait <= 125 for wait in result.waits_s)
+    assert max(result.waits_s) - min(result.waits_s) > 40  # drawn, not fixed
 
 
-def test_on_the_shipped_burst_the_predictive_p95_wait_is_no_worse():
-    old = _run("burst", "original")
-    assert old.peak_encoders == 10  # its first decision saw enough jobs to launch all ten
-    for preset in sorted(PRESETS):
-        new = _run("burst", "predictive", preset)
-        assert new.wait_percentile_s(95) <= old.wait_percentile_s(95)
+def test_random_pickup_lets_the_originals_surplus_encoders_idle_out():
+    # Under round-robin pickup every encoder gets work often enough never to
+    # idle for 10 minutes; under random pickup some do, and stop.
+    jobs = tracegen.generate_trace("steady")
+    ps = PolicySettings(policy="original", max_encoders=10, slots_per_encoder=2)
+    cost = {pickup: sim.simulate(jobs, sim.SimConfig(policy=ps, pickup=pickup)).encoder_seconds
+            for pickup in sim.PICKUPS}
+    assert cost["random"] < 0.95 * cost["round-robin"]
+    with pytest.raises(ValueError, match="pickup"):
+        sim.simulate(jobs, sim.SimConfig(policy=ps, pickup="fastest"))
 
 
-def test_a_burst_is_finished_sooner_by_the_original_only_past_its_maximum():
-    # On this burst the original's first decision sees fewer jobs than
-    # 10 encoders x 2 slots, launches them, then launches again past max 10.
-    old = _run("burst", "original", seed=1)
-    assert old.peak_encoders > 10
-    capped = _run("burst", "predictive", "latency", seed=1)
-    assert capped.wait_percentile_s(95) > old.wait_percentile_s(95)
-    # Given as many encoders as the original took, the predictive policy
-    # waits no longer and still costs less.
-    same = _run("burst", "predictive", "latency", seed=1, max_encoders=old.peak_encoders)
-    assert same.wait_percentile_s(95) <= old.wait_percentile_s(95)
-    assert same.encoder_seconds <= 0.7 * old.encoder_seconds
+def test_failed_launches_are_billed_and_replaced():
+    ps = dataclasses.replace(BASE, policy="predictive", acceptable_wait_s=10)
+    result = sim.simulate(TINY * 1, sim.SimConfig(policy=ps, launch_failure_prob=0.5,
+                                                  seed=1, **WORLD))
+    assert result.failed_launches > 0
+    assert result.launched >= 3 + result.failed_launches - 1
+    assert len(result.waits_s) == 3  # every job still ran
 
 
-@pytest.mark.parametrize("kind", ["steady", "diurnal"])
-def test_on_the_shipped_traces_each_preset_meets_its_target(kind):
-    old = _run(kind, "original")
-    fast, cheap = _run(kind, "predictive", "latency"), _run(kind, "predictive", "cost")
-    assert fast.encoder_seconds <= 1.15 * old.encoder_seconds
-    assert fast.wait_percentile_s(95) <= 0.5 * old.wait_percentile_s(95)
-    assert cheap.encoder_seconds <= 0.95 * old.encoder_seconds
-    assert cheap.wait_percentile_s(95) <= 1.1 * old.wait_percentile_s(95)
+def test_an_interrupted_encoders_jobs_start_again():
+    jobs = [(1.0, 3000.0), (2.0, 3000.0)]
+    ps = dataclasses.replace(BASE, policy="predictive", acceptable_wait_s=10)
+    result = sim.simulate(jobs, sim.SimConfig(policy=ps, interruptions_per_hour=2.0,
+                                              seed=5, **WORLD))
+    assert result.interruptions > 0 and result.restarts > 0
+    assert len(result.waits_s) == 2
+    # A restarted job's wait runs to the start of the run that finished it.
+    assert max(result.waits_s) > 20
 
+
+def test_a_draining_encoder_finishes_its_job_before_it_stops(monkeypatch):
+    # A policy that drains every running encoder at every tick, busy or not:
+    # the jobs still run to the end, once, and the encoder stops when they end.
+    from feeder.policy import Decision, decide
+
+    def drain_everything(obs, ps, now_s):
+        decision = decide(obs, ps, now_s)
+        busy = tuple(e.id for e in obs.encoders if e.state == "running" and not e.draining)
+        return dataclasses.replace(decision, stop=busy) if busy else decision
+
+    monkeypatch.setattr(sim, "decide", drain_everything)
+    ps = dataclasses.replace(BASE, policy="predictive", acceptable_wait_s=10)
+    result = sim.simulate([(1.0, 60.0)], sim.SimConfig(policy=ps, **WORLD))
+    assert result.restarts == 0 and result.waits_s == [14.0]
+    # e1 launched at 5, booted at 15, drained at once but busy until 75.
+    assert result.encoder_seconds == 70
+    assert Decision  # the policy's type is what the simulator applies
+
+
+# --- the trace families -----------------------------------------------------------
+
+@pytest.mark.parametrize("family", sorted(tracegen.FAMILIES))
+def test_each_family_draws_its_own_reproducible_traces(family):
+    one, again, other = (tracegen.family_trace(family, 1), tracegen.family_trace(family, 1),
+                         tracegen.family_trace(family, 2))
+    assert one and one == again and one != other
+    assert [a for a, _ in one] == sorted(a for a, _ in one)
+    assert all(encode_s > 0 for _, encode_s in one)
+
+
+def test_the_families_have_their_shapes():
+    low = tracegen.family_trace("poisson-low", 7)
+    high = tracegen.family_trace("poisson-high", 7)
+    assert 20 < len(low) < 80  # about 48 in 8 h
+    assert 600 < len(high) < 840  # about 720 in 3 h
+    heavy = sorted(e for _, e in tracegen.family_trace("heavy-tail", 7))
+    light = sorted(e for _, e in tracegen.family_trace("poisson-mid", 7))
+    assert heavy[-1] > 5 * heavy[len(heavy) // 2]
+    assert heavy[-1] / heavy[len(heavy) // 2] > light[-1] / light[len(light) // 2]
+    gaps = [b - a for (a, _), (b, _) in zip(tracegen.family_trace("batches", 7),
+                                            tracegen.family_trace("batches", 7)[1:])]
+    assert sum(gap > 240 for gap in gaps) >= 15  # idle gaps between batches
+    with pytest.raises(ValueError, match="unknown trace family"):
+        tracegen.family_trace("tsunami", 1)
+
+
+# --- the commands ---------------------------------------------------------------------
 
 @pytest.fixture
 def no_nommer_env(monkeypatch):
@@ -165,11 +227,80 @@ def test_the_cli_prints_both_policies_side_by_side(no_nommer_env, capsys):
                               "predictive/cost", "vs", "original"]
     billed = next(line for line in out.splitlines() if line.startswith("encoder-seconds"))
     assert billed.split()[-1].endswith("x")
-    for row in ("wait p50 (s)", "wait p95 (s)", "wait max (s)", "makespan (s)"):
+    for row in ("wait p50 (s)", "wait p95 (s)", "wait max (s)", "makespan (s)",
+                "jobs restarted"):
         assert row in out
-    assert "max 10 encoders x 2 slots" in out
+    assert "max 10 encoders x 2 slots, boot 40-120 s, random pickup" in out
+    assert "60 s (original)" in out
+
+
+def test_the_cli_prints_json_for_each_trace_and_policy(no_nommer_env, tmp_path, capsys):
+    mine = tmp_path / "mine.csv"
+    tracegen.write_trace(mine, TINY)
+    assert scaler.main(["simulate", "--trace", str(mine), "--trace", "burst", "--json",
+                        "--boot-s", "30-60", "--max", "4", "--slots", "1",
+                        "--preset", "cost", "--preset", "none", "--pickup", "oldest"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [(r["trace"], r["policy"], r["preset"]) for r in runs] == [
+        (trace, policy, preset) for trace in ("mine.csv", "burst.csv")
+        for policy, preset in (("original", ""), ("predictive", "cost"), ("predictive", ""))]
+    for run in runs:
+        assert run["launches"] >= 1 and run["encoder_seconds"] >= 60
+        assert 0 <= run["wait_p50_s"] <= run["wait_p95_s"]
+    assert scaler.main(["simulate", "--trace", str(mine), "--json",
+                        "--policy", "original"]) == 0
+    assert [r["policy"] for r in json.loads(capsys.readouterr().out)] == ["original"]
 
 
 def test_the_cli_says_what_is_wrong_with_a_missing_trace(no_nommer_env, tmp_path, capsys):
     assert scaler.main(["simulate", str(tmp_path / "none.csv")]) == 2
     assert "no trace" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        scaler.main(["simulate", "--boot-s", "120-40"])
+
+
+def test_the_suite_prints_distributions_and_targets(no_nommer_env, capsys):
+    assert scaler.main(["suite", "--family", "burst", "--family", "poisson-low",
+                        "--seeds", "2", "--first-seed", "1"]) == 0
+    out = capsys.readouterr().out
+    for family in ("burst", "poisson-low"):
+        for variant in ("default", "latency", "cost"):
+            line = next(line for line in out.splitlines()
+                        if line.split()[:2] == [family, variant])
+            assert line.count("[") == 3  # median [p10 - p90] of three ratios
+    for variant in ("default", "latency", "cost"):
+        assert any(line.startswith(f"{variant}: ") and "of 4 traces" in line
+                   for line in out.splitlines())
+
+
+def test_the_suite_as_json_gives_every_run_and_the_targets(no_nommer_env, capsys):
+    assert scaler.main(["suite", "--family", "burst", "--seeds", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    run = summary["runs"][0]
+    assert (run["family"], run["seed"]) == ("burst", 1000)
+    assert {v: (r["policy"], r["preset"]) for v, r in run["results"].items()} == {
+        "original": ("original", ""), "default": ("predictive", ""),
+        "latency": ("predictive", "latency"), "cost": ("predictive", "cost")}
+    for variant in ("default", "latency", "cost"):
+        check = summary["targets"][variant]
+        assert check["traces"] == 1 and 0 <= check["share_met"] <= 1
+        assert set(summary["families"]["burst"][variant]) == {
+            "encoder_seconds", "wait_p95", "launches"}
+
+
+def test_the_targets_are_the_stated_ones():
+    from feeder.suite import TARGETS, percentile
+
+    def result(es, p95):
+        return sim.SimResult("x", es, [p95] * 20, 0, 1, 1)
+    old = result(1000, 100)
+    assert TARGETS["default"].meets("default", result(1050, 125), old)
+    assert not TARGETS["default"].meets("default", result(1051, 100), old)
+    assert not TARGETS["default"].meets("default", result(900, 126), old)
+    assert TARGETS["latency"].meets("latency", result(1250, 50), old)
+    assert TARGETS["latency"].meets("latency", result(1250, 15), result(1000, 10))
+    assert not TARGETS["latency"].meets("latency", result(1251, 0), old)
+    assert TARGETS["cost"].meets("cost", result(800, 135), old)
+    assert not TARGETS["cost"].meets("cost", result(801, 0), old)
+    values = [float(v) for v in range(1, 12)]  # 1 .. 11
+    assert (percentile(values, 10), percentile(values, 90)) == (2.0, 10.0)
