@@ -33,8 +33,9 @@ class Backends:
             part.close()
 
 
-def open_backends(settings: Settings) -> Backends:
-    """The job store and the two queues for `settings.backend`."""
+def open_backends(settings: Settings, interactive: bool = False) -> Backends:
+    """The job store and the two queues for `settings.backend`. `interactive`
+    (the API): AWS calls get a short retry budget (core.aws.INTERACTIVE)."""
     if settings.backend == "local":
         from core.queues.sqlite import SQLiteQueue
         from core.stores.sqlite import SQLiteJobStore
@@ -55,20 +56,31 @@ def open_backends(settings: Settings) -> Backends:
                                       poll_interval_s=settings.local_queue_poll_ms / 1000),
             settings=settings,
         )
+    from core.aws import BACKGROUND, INTERACTIVE
     from core.queues.sqs import SQSQueue
+
+    budget = INTERACTIVE if interactive else BACKGROUND
 
     if settings.aws_store == "dynamodb":
         from core.stores.dynamodb import DynamoDBJobStore as AWSStore
     else:
         from core.stores.simpledb import SimpleDBJobStore as AWSStore
-    return Backends(
-        store=AWSStore.from_settings(settings),
+    backends = Backends(
+        store=AWSStore.from_settings(settings, budget),
         new_jobs=SQSQueue.from_settings(settings, settings.sqs_new_job_queue_name,
-                                        settings.max_receives + 1),
+                                        settings.max_receives + 1, "max_receives", budget),
         state_changes=SQSQueue.from_settings(settings, settings.sqs_job_state_change_queue_name,
-                                             STATE_CHANGE_MAX_RECEIVES),
+                                             STATE_CHANGE_MAX_RECEIVES, budget=budget),
         settings=settings,
     )
+    try:
+        # At start-up: an existing new-job queue that would dead-letter jobs
+        # before max_receives is refused here, naming the setting.
+        backends.new_jobs.check()
+    except BaseException:
+        backends.close()
+        raise
+    return backends
 
 
 def open_fleet(settings: Settings) -> Fleet:

@@ -68,6 +68,33 @@ class JobStore(abc.ABC):
     def count_jobs(self, states: frozenset[JobState]) -> int:
         """How many jobs are in any of `states`."""
 
+    def created_since(self, since: datetime, limit: int = 2000) -> list[datetime]:
+        """Creation times of the jobs created after `since`, newest first, at
+        most `limit`. A store may answer from its index alone (no job reads)."""
+        times: list[datetime] = []
+        cursor = None
+        while len(times) < limit:
+            page, cursor = self.list_jobs(limit=min(100, limit - len(times)), cursor=cursor)
+            for job in page:
+                if job.created_at <= since:
+                    return times
+                times.append(job.created_at)
+            if cursor is None:
+                break
+        return times
+
+    @abc.abstractmethod
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it still holds `version` (announce_version
+        = None), without a new version, so the job's holder does not lose it.
+        No error when the job is gone or the outbox holds another version."""
+
+    @abc.abstractmethod
+    def list_unannounced(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+        """Jobs whose outbox holds a version and that were updated before
+        `updated_before`: state changes nobody announced (a crash or failure
+        between the write and the announcement). At most `limit`."""
+
     @abc.abstractmethod
     def put_node(self, node: Node) -> None:
         """Create or replace an encoder's report."""
@@ -105,8 +132,9 @@ class Queue(abc.ABC):
     """
 
     @abc.abstractmethod
-    def send(self, body: str) -> str:
-        """Enqueue `body`; returns the message id."""
+    def send(self, body: str, delay_s: float = 0.0) -> str:
+        """Enqueue `body`, visible after `delay_s` (at most 900 s, SQS's limit);
+        returns the message id."""
 
     @abc.abstractmethod
     def receive(self, max_messages: int = 1, wait_s: float = 0.0,

@@ -75,6 +75,9 @@ class Job:
     it named), None for jobs stored before it was kept.
     `lease_expires_at` is when the encoder working on the job must have
     heartbeated again, or another encoder may take the job over.
+    `announce_version` is the outbox: the version whose state change is
+    still to be announced (written with the change itself), None once it
+    was announced.
     """
 
     id: str
@@ -91,6 +94,7 @@ class Job:
     updated_at: datetime = dataclasses.field(default_factory=utcnow)
     lease_expires_at: datetime | None = None
     version: int = 0
+    announce_version: int | None = None
     sent_options: dict | None = None
 
     @property

@@ -2,6 +2,10 @@
 
 Every state change is a conditional write on the job's version followed by
 an announcement on the state-change queue, so the scheduler can notify.
+The write puts the change in the job's outbox (`announce_version`); once
+the announcement is sent the outbox is emptied. A process that dies, or a
+queue that fails, between the two leaves the change in the outbox, and the
+scheduler's sweep (`announce_missed`) announces it: nothing is lost.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import logging
 from datetime import datetime, timedelta
 
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
-                         NotFound)
+                         NotFound, ValidationError)
 from core.interfaces import JobStore, Queue
 from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, transition,
                        utcnow)
@@ -58,19 +62,19 @@ class JobService:
         """
         job = self._create(Job(id=new_job_id(), source=source, destination=destination,
                                options=options, notify_url=notify_url,
-                               sent_options=sent_options))
+                               sent_options=sent_options, announce_version=1))
         try:
             self.new_jobs.send(job.id)
         except BackendError:
             # Best effort: leave no PENDING job behind that nothing will run.
             try:
-                self.store.update_job(transition(job, JobState.ERROR, "could not be queued"),
-                                      job.version)
+                self.store.update_job(
+                    _in_outbox(transition(job, JobState.ERROR, "could not be queued")),
+                    job.version)
             except NommerError:
                 log.exception("job %s could not be queued nor marked ERROR", job.id)
             raise
-        self._announce(job)
-        return job
+        return self._announce(job)
 
     def _create(self, job: Job) -> Job:
         """Create `job`; a create whose answer was lost and retried is no conflict.
@@ -113,22 +117,23 @@ class JobService:
                              attempts=job.attempts + 1,
                              lease_expires_at=now + timedelta(seconds=lease_s))
         try:
-            stored = self.store.update_job(claimed, job.version)
+            stored = self.store.update_job(_in_outbox(claimed), job.version)
         except ConflictError:
             return None
-        self._announce(stored)
-        return stored
+        return self._announce(stored)
 
     def advance(self, job: Job, new_state: JobState, details: str = "", **changes) -> Job:
         """Move a job we hold to `new_state`. Raises ConflictError if it changed
         under us (cancelled, or taken over), InvalidTransition if not allowed."""
-        stored = self.store.update_job(transition(job, new_state, details, **changes), job.version)
-        self._announce(stored)
-        return stored
+        job = self._announce(job)  # an earlier change whose send failed goes first
+        stored = self.store.update_job(_in_outbox(transition(job, new_state, details, **changes)),
+                                       job.version)
+        return self._announce(stored)
 
     def heartbeat(self, job: Job, lease_s: float, progress: int | None = None) -> Job:
         """Extend our lease on the job (and record progress). Raises ConflictError
         if the job changed under us: the caller must stop working on it."""
+        job = self._announce(job)  # a change whose send failed is tried again
         changed = dataclasses.replace(
             job, updated_at=utcnow(),
             lease_expires_at=utcnow() + timedelta(seconds=lease_s),
@@ -156,8 +161,15 @@ class JobService:
                 page, cursor = self.store.list_jobs(state=state, limit=100, cursor=cursor)
                 for job in page:
                     if job.updated_at < cutoff:
-                        done = self._force(job.id, JobState.ABANDONED,
-                                           f"no update for {older_than_s:.0f} s", stale_before=cutoff)
+                        try:
+                            done = self._force(job.id, JobState.ABANDONED,
+                                               f"no update for {older_than_s:.0f} s",
+                                               stale_before=cutoff)
+                        except ValidationError as exc:
+                            # The store refuses this job's record (too large):
+                            # the others are still abandoned.
+                            log.error("job %s could not be abandoned: %s", job.id, exc)
+                            continue
                         if done is not None:
                             abandoned.append(done)
                 if cursor is None:
@@ -175,14 +187,48 @@ class JobService:
             if stale_before is not None and job.updated_at >= stale_before:
                 return None
             try:
-                stored = self.store.update_job(transition(job, new_state, details), job.version)
+                stored = self.store.update_job(_in_outbox(transition(job, new_state, details)),
+                                               job.version)
             except ConflictError:
                 continue
-            self._announce(stored)
-            return stored
+            return self._announce(stored)
         raise ConflictError(f"job {job_id} kept changing; gave up moving it to {new_state}")
 
-    def _announce(self, job: Job) -> None:
-        self.state_changes.send(StateChange(
-            job_id=job.id, state=job.state.value, state_details=job.state_details,
-            version=job.version, at=job.updated_at.isoformat()).to_json())
+    def announce_missed(self, older_than_s: float, now: datetime | None = None) -> list[Job]:
+        """Announce the state changes left in outboxes for `older_than_s`
+        seconds (their writer died or could not reach the queue); returns
+        their jobs. At least once: a writer merely slow may announce too."""
+        cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
+        swept = []
+        for job in self.store.list_unannounced(cutoff):
+            if self._announce(job).announce_version is None:
+                swept.append(job)
+        return swept
+
+    def _announce(self, job: Job) -> Job:
+        """Send the state change in `job`'s outbox, if any, and empty the
+        outbox; returns the job as we now know it (outbox empty once sent).
+        A failed send is logged and left in the outbox for the next write or
+        the scheduler's sweep."""
+        version = job.announce_version
+        if version is None:
+            return job
+        try:
+            self.state_changes.send(StateChange(
+                job_id=job.id, state=job.state.value, state_details=job.state_details,
+                version=version, at=job.updated_at.isoformat()).to_json())
+        except BackendError as exc:
+            log.warning("job %s %s: announcing failed (%s); it stays in the outbox",
+                        job.id, job.state, exc)
+            return job
+        try:
+            self.store.mark_announced(job.id, version)
+        except BackendError as exc:
+            # Our next write empties it; else the sweep announces it once more.
+            log.warning("job %s: emptying the outbox failed: %s", job.id, exc)
+        return dataclasses.replace(job, announce_version=None)
+
+
+def _in_outbox(job: Job) -> Job:
+    """`job` with its state change (the version its write will make) in the outbox."""
+    return dataclasses.replace(job, announce_version=job.version + 1)

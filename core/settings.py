@@ -163,13 +163,20 @@ class Settings:
     aws_region: str = "us-east-1"
     aws_endpoint_url: str = ""
     aws_store: str = "simpledb"
-    ec2_instance_type: str = "m1.large"
+    # A current-generation type; ec2_instance_types, when set, is an ordered
+    # list to fall back along when EC2 has no capacity for the one before.
+    ec2_instance_type: str = "c7i.large"
+    ec2_instance_types: tuple = ()
     ec2_security_groups: tuple = ("media_nommer",)
     ec2_key_name: str = ""
     ec2_ami_id: str = ""
+    # One subnet, or an ordered list (ec2_subnet_ids) tried in turn.
     ec2_subnet_id: str = ""
+    ec2_subnet_ids: tuple = ()
     ec2_instance_profile: str = ""
     ec2_spot: bool = False
+    # With ec2_spot: launch on-demand when no Spot capacity is left anywhere.
+    ec2_spot_fallback_on_demand: bool = True
     cluster_name: str = "media-nommer"
     # The instance metadata service (IMDSv2) nommerd asks for its instance id
     # and for Spot interruption notices; another URL only for tests.

@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nommer-api: {refusal}", file=sys.stderr)
         return 2
     try:
-        backends = open_backends(settings)
+        backends = open_backends(settings, interactive=True)
     except NommerError as exc:
         print(f"nommer-api: {exc}", file=sys.stderr)
         return 2

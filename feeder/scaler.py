@@ -28,6 +28,7 @@ import logging
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
 from core.backends import Backends, open_backends, open_fleet
 from core.daemon import configure_logging, run_until_signalled
@@ -53,6 +54,10 @@ REPORT_SKEW_S = 5.0
 # taken as running and idle, so the predictive policy can stop one that
 # never comes up.
 UNREPORTED_BOOTS = 3
+# EC2 may list an instance that RunInstances started only seconds later
+# (eventual consistency). A launched id counts as a pending encoder until
+# the fleet lists it, or this long after launch.
+LAUNCH_MEMORY_S = 600.0
 # A draining encoder whose last report is this many heartbeats old has
 # stopped reporting: it is terminated without its confirmation.
 SILENT_HEARTBEATS = 3
@@ -64,6 +69,7 @@ class FleetMemory:
 
     idle_since_s: encoder id -> when this process first saw it idle.
     last_scale_in_s: when it last marked encoders draining.
+    launched_s: encoder id -> when this process launched it, until the fleet lists it.
     draining: the encoders it marked draining. boot_samples_s: launch to
     first own report of the encoders it saw come up (newest last);
     booted: the encoders already sampled. busy: busy slots per decision.
@@ -71,10 +77,22 @@ class FleetMemory:
 
     idle_since_s: dict[str, float] = dataclasses.field(default_factory=dict)
     last_scale_in_s: float | None = None
+    launched_s: dict[str, float] = dataclasses.field(default_factory=dict)
     draining: set[str] = dataclasses.field(default_factory=set)
     boot_samples_s: list[float] = dataclasses.field(default_factory=list)
     booted: set[str] = dataclasses.field(default_factory=set)
     busy: BusyHistory = dataclasses.field(default_factory=BusyHistory)
+
+    def with_unlisted(self, listed: list[Encoder], now_s: float) -> list[Encoder]:
+        """`listed` plus, as pending, the encoders launched here that the fleet
+        does not list yet; forgets those it lists (or launched too long ago)."""
+        seen = {encoder.id for encoder in listed}
+        for encoder_id, at_s in list(self.launched_s.items()):
+            if encoder_id in seen or now_s - at_s > LAUNCH_MEMORY_S:
+                del self.launched_s[encoder_id]
+        return listed + [Encoder(id=encoder_id, state="pending",
+                                 launched_at=datetime.fromtimestamp(at_s, timezone.utc))
+                         for encoder_id, at_s in sorted(self.launched_s.items())]
 
 
 def encoder_view(encoder: Encoder, node: Node | None, memory: FleetMemory,
@@ -120,19 +138,11 @@ def drained(encoder: Encoder, node: Node | None, silent_after_s: float, now_s: f
 
 
 def recent_arrivals_s(backends: Backends, now_s: float, window_s: float) -> tuple[float, ...]:
-    """Creation times (epoch s, ascending) of the jobs created in the last `window_s`."""
-    arrivals: list[float] = []
-    cursor = None
-    for _ in range(ARRIVALS_MAX_PAGES):
-        page, cursor = backends.store.list_jobs(limit=ARRIVALS_PAGE, cursor=cursor)
-        for job in page:
-            created_s = job.created_at.timestamp()
-            if created_s <= now_s - window_s:
-                return tuple(sorted(arrivals))
-            arrivals.append(created_s)
-        if cursor is None:
-            break
-    return tuple(sorted(arrivals))
+    """Creation times (epoch s, ascending) of the jobs created in the last
+    `window_s`, at most ARRIVALS_PAGE x ARRIVALS_MAX_PAGES of them."""
+    since = datetime.fromtimestamp(now_s - window_s, timezone.utc)
+    created = backends.store.created_since(since, limit=ARRIVALS_PAGE * ARRIVALS_MAX_PAGES)
+    return tuple(sorted(at.timestamp() for at in created))
 
 
 class Scaler:
@@ -162,7 +172,8 @@ class Scaler:
         """Read the backlog and the fleet. Raises BackendError."""
         queued, in_flight = self.backends.new_jobs.counts()
         unfinished = self.backends.store.count_jobs(UNFINISHED_STATES)
-        live = [e for e in self.fleet.list_encoders() if e.state in ("pending", "running")]
+        listed = self.memory.with_unlisted(self.fleet.list_encoders(), now_s)
+        live = [e for e in listed if e.state in ("pending", "running")]
         nodes = {node.id: node for node in self.backends.store.list_nodes()}
         memory = self.memory
         views = tuple(encoder_view(e, nodes.get(e.id), memory,
@@ -191,6 +202,12 @@ class Scaler:
     def decide(self, obs: Observation, now_s: float) -> Decision:
         """The policy's decision, without launches when launches are not allowed."""
         decision = decide(obs, self.policy, now_s)
+        # The fleet never grows past the maximum, whatever the policy asks
+        # (the original rule caps one launch, not the fleet).
+        room = max(0, self.policy.max_encoders - len(obs.encoders))
+        if decision.launch > room:
+            decision = dataclasses.replace(
+                decision, launch=room, reason=decision.reason + f"; capped at {room} by the maximum")
         if decision.launch and not self.settings.feederd_allow_ec2_launches:
             decision = dataclasses.replace(
                 decision, launch=0, reason=decision.reason + "; launches disabled")
@@ -208,7 +225,9 @@ class Scaler:
         if decision.stop:
             self.memory.last_scale_in_s = now_s
         if decision.launch:
-            return self.fleet.launch(decision.launch)
+            launched = self.fleet.launch(decision.launch)
+            self.memory.launched_s.update((encoder_id, now_s) for encoder_id in launched)
+            return launched
         return []
 
     def step(self, now_s: float | None = None) -> Decision:

@@ -3,7 +3,8 @@
 The loop is a checklist, run until SIGTERM or SIGINT:
 
     settle finished sends -> start each job's next notification
-    -> abandon stale jobs when due -> receive state changes -> start again
+    -> abandon stale jobs and sweep the outboxes when due
+    -> receive state changes -> start again
 
 A state change stays in the queue until its notification is settled
 (delivered, not wanted, or given up), so a crash loses nothing: the message
@@ -40,7 +41,7 @@ from datetime import datetime, timezone
 
 from core.backends import Backends, open_backends
 from core.daemon import configure_logging, run_until_signalled
-from core.errors import BackendError, ConflictError, NommerError, NotFound
+from core.errors import BackendError, ConflictError, NommerError, NotFound, ValidationError
 from core.interfaces import Message
 from core.jobs import MAX_DETAILS_CHARS, utcnow
 from core.jobservice import StateChange
@@ -403,11 +404,15 @@ class Scheduler:
         thresh_s = self._settings.feederd_abandon_inactive_jobs_thresh
         try:
             abandoned = self._jobs.abandon_stale(thresh_s)
-        except ConflictError as exc:
+        except (ConflictError, ValidationError) as exc:
             log.warning("abandoning stale jobs: %s", exc)
             return
         for job in abandoned:
             log.info("job %s ABANDONED: no update for %d s", job.id, thresh_s)
+        # State changes left in a job's outbox longer than a visibility
+        # timeout: their writer died or could not reach the queue.
+        for job in self._jobs.announce_missed(self._settings.visibility_timeout_s):
+            log.info("job %s %s: announced from its outbox", job.id, job.state)
 
     # --- stop ---
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from core.backends import Backends
 from core.errors import BackendError, ConflictError, NommerError, NotFound, StorageError
 from core.interfaces import Message, Storage
-from core.jobs import Job, JobState, utcnow
+from core.jobs import ACTIVE_STATES, Job, JobState, utcnow
 from core.errors import MediaError
 from core.settings import Settings
 from nommerd.ffmpeg import (EncodeCancelled, EncodeLimits, FFmpegRunner, build_pass_argvs,
@@ -28,8 +28,18 @@ from nommerd.ffmpeg import (EncodeCancelled, EncodeLimits, FFmpegRunner, build_p
 
 log = logging.getLogger(__name__)
 
-# A receive waits at most this long, so a worker sees the stop flag within it.
+# The embedded queue is long-polled in slices of this, so a worker sees the
+# stop flag within it; with short polling (queue_wait_s 0) a worker waits
+# this long between polls, so it does not spin.
 RECEIVE_SLICE_S = 1.0
+# SQS keeps a received message in flight for at most 12 h, however often
+# its visibility is extended. A worker holding a job that long hands it to a
+# fresh message this long before, so the job never reappears as if its
+# encoder had died.
+MAX_IN_FLIGHT_S = 43200.0
+HANDOFF_MARGIN_S = 900.0
+# SQS's longest send delay.
+MAX_SEND_DELAY_S = 900.0
 # How often the watchdog looks at the release flag and the lease (seconds).
 WATCHDOG_TICK_S = 0.2
 # A worker that could not renew its lease stops this long (at most a
@@ -37,6 +47,11 @@ WATCHDOG_TICK_S = 0.2
 # differences between encoders.
 LEASE_MARGIN_S = 1.0
 MAX_BACKOFF_S = 10.0
+
+
+def _lease_is_live(job: Job) -> bool:
+    return (job.state in ACTIVE_STATES and job.lease_expires_at is not None
+            and job.lease_expires_at > utcnow())
 
 
 class JobLost(NommerError):
@@ -174,14 +189,20 @@ class Watchdog:
     """
 
     def __init__(self, held: HeldJob, backends: Backends, receipt: str, runner: FFmpegRunner,
-                 control: Control, settings: Settings):
+                 control: Control, settings: Settings, received_at: float | None = None,
+                 max_in_flight_s: float = MAX_IN_FLIGHT_S):
         self._held = held
         self._queue = backends.new_jobs
-        self._receipt = receipt
+        self._receipt: str | None = receipt
+        # time.monotonic() of the receive; the message is handed off before
+        # max_in_flight_s (less a margin of at most a quarter) has passed.
+        self._handoff_at = (time.monotonic() if received_at is None else received_at) + \
+            max_in_flight_s - min(HANDOFF_MARGIN_S, max_in_flight_s / 4)
         self._runner = runner
         self._control = control
         self._interval_s = settings.nommerd_heartbeat_interval_s
         self._visibility_timeout_s = settings.visibility_timeout_s
+        self._lease_s = settings.job_lease_s
         self._margin_s = min(LEASE_MARGIN_S, settings.job_lease_s / 4)
         self._done = threading.Event()
         name = held.job.id[:8]
@@ -211,15 +232,35 @@ class Watchdog:
         while not self._done.wait(self._interval_s):
             self._beat()
 
+    @property
+    def receipt(self) -> str | None:
+        """The receipt of the message we hold, None once handed off."""
+        return self._receipt
+
     def _beat(self) -> None:
         try:
-            self._queue.extend(self._receipt, self._visibility_timeout_s)
+            if self._receipt is not None and time.monotonic() >= self._handoff_at:
+                self._hand_off()
+            if self._receipt is not None:
+                self._queue.extend(self._receipt, self._visibility_timeout_s)
         except (BackendError, NotFound) as exc:
             # The job's lease in the store, not the message, decides who
             # works on it: keep heartbeating even when the extend fails.
             log.warning("job %s: extending its message failed: %s", self._held.job.id, exc)
         if not self._held.heartbeat():
             self._runner.cancel()
+
+    def _hand_off(self) -> None:
+        """Replace our message, near SQS's in-flight cap, by a fresh one for
+        the job. Other encoders that receive it find the job leased and leave
+        it; if we die, it is there to be taken over. Raises BackendError (and
+        keeps the old message) when the send fails."""
+        job_id = self._held.job.id
+        self._queue.send(job_id, delay_s=min(self._lease_s + LEASE_MARGIN_S, MAX_SEND_DELAY_S))
+        old, self._receipt = self._receipt, None
+        self._queue.delete(old)
+        log.info("job %s: handed to a fresh message (the old one neared SQS's "
+                 "in-flight cap)", job_id)
 
 
 class Worker:
@@ -239,6 +280,7 @@ class Worker:
         self.control = control
         self.work_root = Path(settings.data_dir).resolve() / "work"
         self._held: tuple[HeldJob, Message] | None = None
+        self._received_at = time.monotonic()  # of the last message received
 
     def run(self) -> None:
         backoff_s = 0.5
@@ -268,21 +310,28 @@ class Worker:
     # --- the checklist -------------------------------------------------
 
     def _receive(self) -> Message | None:
-        wait_s = min(self.settings.queue_wait_s, RECEIVE_SLICE_S)
+        # On SQS a long poll for the whole queue_wait_s: one ReceiveMessage
+        # per 20 s per idle worker instead of one a second (a stop request is
+        # seen when it returns; stopwaitsecs allows for that). The embedded
+        # queue costs nothing to ask, so it is asked in short slices and a
+        # stop is prompt.
+        wait_s = self.settings.queue_wait_s
+        if self.settings.backend != "aws":
+            wait_s = min(wait_s, RECEIVE_SLICE_S)
         messages = self.queue.receive(max_messages=1, wait_s=wait_s,
                                       visibility_timeout_s=self.settings.visibility_timeout_s)
         if not messages:
             if wait_s < RECEIVE_SLICE_S:  # short polling: do not spin
                 self.control.stopping.wait(RECEIVE_SLICE_S - wait_s)
             return None
+        self._received_at = time.monotonic()
         return messages[0]
 
     def _handle(self, message: Message) -> None:
         if self.control.stopping.is_set():
             self.queue.release(message.receipt)
             return
-        if message.receive_count > self.settings.max_receives:
-            self._give_up(message)
+        if message.receive_count > self.settings.max_receives and self._give_up(message):
             return
         held = self._claim(message)
         if held is None:
@@ -298,23 +347,63 @@ class Worker:
             log.info("job %s: let go after %.1f s", held.job.id, time.monotonic() - held_since)
             self.control.job_ended()
 
-    def _give_up(self, message: Message) -> None:
+    def _give_up(self, message: Message) -> bool:
+        """Fail the job of a message delivered more than max_receives times, if
+        its claims show encoders dying on it; True when the message is dealt
+        with, False when the job should be claimed as usual.
+
+        Deliveries alone prove nothing: a message comes back when SQS could
+        not be reached to extend it, or past SQS's in-flight cap, while an
+        encoder still works on the job. So a job with a live lease is left
+        for its holder, and one claimed fewer than max_receives times is
+        claimed again.
+        """
         job_id = message.body.strip()
-        reason = (f"gave up after {message.receive_count} deliveries: "
-                  "encoders stopped or died before finishing it each time")
         try:
-            if self.jobs.fail(job_id, reason) is not None:
-                log.warning("job %s: %s", job_id, reason)
+            job = self.backends.store.get_job(job_id)
         except NotFound:
             log.warning("message for unknown job %s dropped", job_id)
+            self.queue.delete(message.receipt)
+            return True
+        if _lease_is_live(job):
+            self._leave_for_holder(message, job)
+            return True
+        if job.attempts < self.settings.max_receives and not job.is_terminal:
+            return False
+        reason = (f"gave up after {job.attempts} attempts: "
+                  "encoders stopped or died before finishing it each time")
+        if self.jobs.fail(job_id, reason) is not None:
+            log.warning("job %s: %s", job_id, reason)
         self.queue.delete(message.receipt)
+        return True
+
+    def _leave_for_holder(self, message: Message, job: Job) -> None:
+        """Keep the message of a job another encoder holds out of sight until
+        its lease runs out (then, if the holder died, it is taken over). Near
+        the dead-letter limit the message is replaced by a fresh one, so the
+        job keeps a message however long its encode runs."""
+        log.info("job %s: held by %s; left for its holder", job.id, job.node)
+        hide_s = max((job.lease_expires_at - utcnow()).total_seconds(), 0) + LEASE_MARGIN_S
+        if message.receive_count >= self.settings.max_receives:
+            self.queue.send(job.id, delay_s=min(hide_s, MAX_SEND_DELAY_S))
+            self.queue.delete(message.receipt)
+            return
+        try:
+            self.queue.extend(message.receipt, hide_s)
+        except NotFound:
+            pass  # delivered again meanwhile: the newer delivery decides
 
     def _claim(self, message: Message) -> HeldJob | None:
         job_id = message.body.strip()
         job = self.jobs.claim(job_id, self.node_id, self.settings.job_lease_s)
         if job is not None:
             log.info("job %s: claimed (delivery %d)", job_id, message.receive_count)
-            return HeldJob(self.backends, job, self.settings.job_lease_s)
+            held = HeldJob(self.backends, job, self.settings.job_lease_s)
+            if held.lease_left_s() < self.settings.job_lease_s / 2:
+                # The claim took long (botocore retried it): renew the lease
+                # before the work starts, or the watchdog stops it at once.
+                held.heartbeat()
+            return held
         try:
             current = self.backends.store.get_job(job_id)
         except NotFound:
@@ -323,6 +412,8 @@ class Worker:
         if current.is_terminal:
             log.info("job %s: already %s; message dropped", job_id, current.state)
             self.queue.delete(message.receipt)
+        elif _lease_is_live(current):
+            self._leave_for_holder(message, current)
         else:
             log.info("job %s: held by %s; left for its holder", job_id, current.node)
         return None
@@ -332,7 +423,8 @@ class Worker:
         work_dir = tempfile.mkdtemp(prefix=f"{held.job.id}.", dir=self.work_root)
         runner = FFmpegRunner(self.settings.progress_interval_ms, {work_dir + os.sep: ""},
                               EncodeLimits.from_settings(self.settings))
-        watchdog = Watchdog(held, self.backends, message.receipt, runner, self.control, self.settings)
+        watchdog = Watchdog(held, self.backends, message.receipt, runner, self.control,
+                            self.settings, received_at=self._received_at)
         watchdog.start()
         self._held = (held, message)
         try:
@@ -417,7 +509,10 @@ class Worker:
 
     def _release(self, held: HeldJob, message: Message) -> None:
         if held.release(self.node_id):
-            self.queue.release(message.receipt)
+            try:
+                self.queue.release(message.receipt)
+            except NotFound:
+                pass  # handed off to a fresh message, or deleted: nothing to show again
             log.info("job %s: released for another encoder", held.job.id)
         elif held.lost:
             self._lost(held, message)

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import uuid
 
 import botocore.exceptions
 
 from core.aws import aws_errors, error_code
-from core.errors import ConfigError
+from core.errors import BackendError, ConfigError
 from core.interfaces import Encoder, Fleet
 from core.settings import Settings
 from core.toml_text import toml_value
+
+log = logging.getLogger(__name__)
 
 NOMCONF_PATH = "/etc/media-nommer/nomconf.toml"
 ENCODER_ROLE = "encoder"
@@ -48,10 +52,12 @@ ENCODER_SETTING_NAMES = (
 # Table names of the DynamoDB store, whatever they are called.
 ENCODER_SETTING_PREFIXES = ("dynamodb_",)
 
-# Refusals of RunInstances that fewer instances may get past.
+# Refusals of RunInstances that another instance type, subnet or market may
+# get past.
 _NO_CAPACITY_CODES = frozenset({
     "InsufficientInstanceCapacity", "InstanceLimitExceeded", "VcpuLimitExceeded",
-    "MaxSpotInstanceCountExceeded",
+    "MaxSpotInstanceCountExceeded", "SpotMaxPriceTooLow", "InsufficientCapacity",
+    "Unsupported",
 })
 
 # EC2 instance states -> Encoder.state. Terminated instances are gone.
@@ -106,6 +112,14 @@ def encoder_user_data(settings: Settings) -> str:
     return "#cloud-config\n" + json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
+class _NoCapacity(Exception):
+    """EC2 has no capacity for one launch option (type, subnet, market)."""
+
+    def __init__(self, option: str, code: str):
+        super().__init__(code)
+        self.option = option
+
+
 class EC2Fleet(Fleet):
     """Encoder instances of cluster settings.cluster_name, reached through the
     boto3 EC2 `ec2_client`. Every method raises BackendError when EC2 fails
@@ -132,21 +146,70 @@ class EC2Fleet(Fleet):
         return [encoder for encoder, _ in self._describe()]
 
     def launch(self, count: int) -> list[str]:
-        """Run `count` encoder instances (fewer if EC2 has no capacity for all);
-        returns their instance ids."""
+        """Run up to `count` encoder instances; returns their instance ids.
+
+        Tries, in order, each market (Spot, then on-demand if
+        ec2_spot_fallback_on_demand; or on-demand alone), each instance type
+        (ec2_instance_types, else ec2_instance_type) and each subnet
+        (ec2_subnet_ids, else ec2_subnet_id or the default VPC), taking as
+        many instances as EC2 has at each before moving on. Raises
+        BackendError if EC2 fails, or has no capacity for any option, and
+        nothing was launched.
+        """
+        launched: list[str] = []
         if count < 1:
-            return []
-        request = self._run_request(count)
-        with aws_errors(f"launch {count} encoder instances"):
+            return launched
+        refused = []
+        for spot, instance_type, subnet in self._launch_options():
+            wanted = count - len(launched)
+            if wanted == 0:
+                break
             try:
-                reply = self._ec2.run_instances(**request)
-            except botocore.exceptions.ClientError as exc:
-                # All at once first; when EC2 is short of capacity, as many
-                # as it has (MinCount=1) rather than none.
-                if error_code(exc) not in _NO_CAPACITY_CODES or count == 1:
+                launched += self._run(wanted, spot, instance_type, subnet)
+            except _NoCapacity as exc:
+                log.info("no capacity for %s: %s; trying the next option", exc.option, exc)
+                refused.append(exc.option)
+            except BackendError:
+                if not launched:
                     raise
-                reply = self._ec2.run_instances(**dict(request, MinCount=1))
-        return [instance["InstanceId"] for instance in reply.get("Instances", [])]
+                log.exception("launching more failed; keeping the %d launched", len(launched))
+                break
+        if not launched and refused:
+            raise BackendError(f"no EC2 capacity for any launch option ({'; '.join(refused)})")
+        return launched
+
+    def _launch_options(self) -> list[tuple[bool, str, str]]:
+        settings = self.settings
+        markets = [True, False] if settings.ec2_spot and settings.ec2_spot_fallback_on_demand \
+            else [settings.ec2_spot]
+        types = list(settings.ec2_instance_types) or [settings.ec2_instance_type]
+        subnets = list(settings.ec2_subnet_ids) or [settings.ec2_subnet_id]
+        return [(spot, instance_type, subnet) for spot in markets for instance_type in types
+                for subnet in subnets]
+
+    def _run(self, count: int, spot: bool, instance_type: str, subnet: str) -> list[str]:
+        """RunInstances of 1..`count` instances of one option. Raises _NoCapacity."""
+        # A ClientToken makes RunInstances idempotent: botocore's resend of a
+        # launch whose answer was lost returns the same instances, not more.
+        request = dict(self._run_request(count, subnet), InstanceType=instance_type)
+        if spot:
+            request["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time",
+                                "InstanceInterruptionBehavior": "terminate"}}
+        option = f"{'spot' if spot else 'on-demand'} {instance_type} in {subnet or 'default VPC'}"
+        # All at once first; short of capacity, as many as EC2 has (MinCount=1).
+        for min_count in sorted({count, 1}, reverse=True):
+            with aws_errors(f"launch {count} encoder instances ({option})"):
+                try:
+                    reply = self._ec2.run_instances(
+                        **dict(request, MinCount=min_count, ClientToken=uuid.uuid4().hex))
+                except botocore.exceptions.ClientError as exc:
+                    if error_code(exc) not in _NO_CAPACITY_CODES:
+                        raise
+                    continue
+            return [instance["InstanceId"] for instance in reply.get("Instances", [])]
+        raise _NoCapacity(option, "no capacity")
 
     def stop(self, encoder_ids: list[str]) -> None:
         """Terminate these encoder instances. Ids that are not encoders of this
@@ -182,7 +245,7 @@ class EC2Fleet(Fleet):
                                               launched_at=instance.get("LaunchTime")), instance))
         return found
 
-    def _run_request(self, count: int) -> dict:
+    def _run_request(self, count: int, subnet: str) -> dict:
         settings = self.settings
         if not settings.ec2_ami_id:
             raise ConfigError("setting 'ec2_ami_id' is empty: encoders are launched from that AMI")
@@ -195,7 +258,6 @@ class EC2Fleet(Fleet):
         profile = settings.ec2_instance_profile
         request = {
             "ImageId": settings.ec2_ami_id,
-            "InstanceType": settings.ec2_instance_type,
             "MinCount": count,
             "MaxCount": count,
             "UserData": encoder_user_data(settings),  # boto3 base64-encodes it
@@ -210,17 +272,12 @@ class EC2Fleet(Fleet):
         }
         if settings.ec2_key_name:
             request["KeyName"] = settings.ec2_key_name
-        if settings.ec2_subnet_id:
-            request["SubnetId"] = settings.ec2_subnet_id
-        request.update(self._security_groups())
-        if settings.ec2_spot:
-            request["InstanceMarketOptions"] = {
-                "MarketType": "spot",
-                "SpotOptions": {"SpotInstanceType": "one-time",
-                                "InstanceInterruptionBehavior": "terminate"}}
+        if subnet:
+            request["SubnetId"] = subnet
+        request.update(self._security_groups(subnet))
         return request
 
-    def _security_groups(self) -> dict:
+    def _security_groups(self, subnet: str) -> dict:
         """SecurityGroupIds for RunInstances. Names are resolved to ids in the
         subnet's VPC, because EC2 takes group names only in the default VPC."""
         groups = list(self.settings.ec2_security_groups)
@@ -228,19 +285,18 @@ class EC2Fleet(Fleet):
         names = [group for group in groups if not group.startswith("sg-")]
         if not names:
             return {"SecurityGroupIds": ids} if ids else {}
-        if not self.settings.ec2_subnet_id:
+        if not subnet:
             return {"SecurityGroupIds": ids, "SecurityGroups": names} if ids else {"SecurityGroups": names}
-        with aws_errors(f"find subnet {self.settings.ec2_subnet_id}"):
+        setting = "ec2_subnet_ids" if self.settings.ec2_subnet_ids else "ec2_subnet_id"
+        with aws_errors(f"find subnet {subnet}"):
             try:
-                subnets = self._ec2.describe_subnets(
-                    SubnetIds=[self.settings.ec2_subnet_id])["Subnets"]
+                subnets = self._ec2.describe_subnets(SubnetIds=[subnet])["Subnets"]
             except botocore.exceptions.ClientError as exc:
                 if error_code(exc) != "InvalidSubnetID.NotFound":
                     raise
                 subnets = []
         if not subnets:
-            raise ConfigError(f"setting 'ec2_subnet_id': subnet {self.settings.ec2_subnet_id} "
-                              "does not exist")
+            raise ConfigError(f"setting '{setting}': subnet {subnet} does not exist")
         with aws_errors("find security groups"):
             found = self._ec2.describe_security_groups(Filters=[
                 {"Name": "vpc-id", "Values": [subnets[0]["VpcId"]]},
@@ -249,5 +305,5 @@ class EC2Fleet(Fleet):
         missing = [name for name in names if name not in by_name]
         if missing:
             raise ConfigError(f"setting 'ec2_security_groups': no group named "
-                              f"{', '.join(missing)} in the VPC of subnet {self.settings.ec2_subnet_id}")
+                              f"{', '.join(missing)} in the VPC of subnet {subnet}")
         return {"SecurityGroupIds": ids + [by_name[name] for name in names]}

@@ -38,6 +38,9 @@ _SCHEMA = [
     "CREATE UNIQUE INDEX IF NOT EXISTS queue_messages_receipt ON queue_messages (receipt)",
 ]
 
+# The longest a sent message may stay invisible (SQS DelaySeconds).
+MAX_DELAY_S = 900
+
 
 class SQLiteQueue(Queue):
     """The queue `name` in the SQLite file at `path` (created if missing).
@@ -62,14 +65,17 @@ class SQLiteQueue(Queue):
         self.poll_interval_s = poll_interval_s
         self._db = SQLiteDatabase(path, _SCHEMA)
 
-    def send(self, body: str) -> str:
-        """Enqueue `body`, visible at once; returns the message id."""
+    def send(self, body: str, delay_s: float = 0.0) -> str:
+        """Enqueue `body`, visible after `delay_s` (at most 900 s, as SQS);
+        returns the message id."""
+        if not 0 <= delay_s <= MAX_DELAY_S:
+            raise ValueError(f"delay_s must be within 0..{MAX_DELAY_S}")
         message_id = uuid.uuid4().hex
         now = time.time()
         with translate_errors(f"send to queue {self.name}"):
             self._db.connection().execute(
                 "INSERT INTO queue_messages (queue, id, body, sent_at, visible_at)"
-                " VALUES (?, ?, ?, ?, ?)", (self.name, message_id, body, now, now))
+                " VALUES (?, ?, ?, ?, ?)", (self.name, message_id, body, now, now + delay_s))
         return message_id
 
     def receive(self, max_messages: int = 1, wait_s: float = 0.0,

@@ -3,7 +3,9 @@
 The queue is created on first use when missing, together with its
 dead-letter queue f"{name}_dead", tied to it by a RedrivePolicy whose
 maxReceiveCount is `dead_letter_after`. A queue that already exists is used
-as it is: its attributes (redrive policy included) are left alone.
+as it is, its attributes left alone, unless its RedrivePolicy would
+dead-letter a message before `dead_letter_after` receives: then it is
+refused with a ConfigError naming the setting (`check()` at start-up).
 
 SQS counts visibility timeouts and long-poll waits in whole seconds, so
 fractional seconds are rounded up (a message is never hidden for less than
@@ -18,8 +20,8 @@ import time
 
 import botocore.exceptions
 
-from core.aws import aws_errors, error_code
-from core.errors import BackendError, NotFound
+from core.aws import BACKGROUND, RetryBudget, aws_errors, error_code
+from core.errors import BackendError, ConfigError, NotFound
 from core.interfaces import Message, Queue
 from core.settings import Settings
 
@@ -27,6 +29,7 @@ from core.settings import Settings
 MAX_WAIT_S = 20
 MAX_MESSAGES_PER_RECEIVE = 10
 MAX_VISIBILITY_TIMEOUT_S = 43200
+MAX_DELAY_S = 900
 
 # A long poll whose remaining time is below this is not worth another request.
 _WAIT_SLACK_S = 0.05
@@ -39,6 +42,25 @@ _UNKNOWN_RECEIPT_CODES = frozenset({
     "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight",
     "AWS.SimpleQueueService.ReceiptHandleIsInvalid",
 })
+# SQS also refuses a receipt handle past its message's 12 h in flight, or of
+# a message that is no longer in flight, with InvalidParameterValue ("Value
+# ... for parameter ReceiptHandle is invalid. Reason: The receipt handle has
+# expired." / "... Message does not exist or is not available for
+# visibility timeout change."); other InvalidParameterValue errors are not that.
+_STALE_RECEIPT_REASONS = ("receipt handle has expired", "message does not exist",
+                          "not available for visibility timeout change")
+
+
+def _is_unknown_receipt(exc: botocore.exceptions.ClientError) -> bool:
+    code = error_code(exc)
+    if code in _UNKNOWN_RECEIPT_CODES:
+        return True
+    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+    return (code in ("InvalidParameterValue", "AWS.SimpleQueueService.InvalidParameterValue")
+            and "receipthandle" in message.replace(" ", "")
+            and any(reason in message for reason in _STALE_RECEIPT_REASONS))
+
+
 _QUEUE_EXISTS_CODES = frozenset({
     "QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueNameExists",
 })
@@ -57,12 +79,16 @@ class SQSQueue(Queue):
         with every ReceiveMessage, so an existing queue's default does not matter).
     dead_letter_after: SQS maxReceiveCount of a queue this creates: a message
         already received this many times goes to f"{name}_dead" instead.
+    dead_letter_setting: the setting dead_letter_after comes from; when
+        given, an existing queue must not dead-letter sooner (ConfigError
+        naming it).
     The constructor does no I/O. Every method raises BackendError when SQS
     fails after botocore's retries.
     """
 
     def __init__(self, client, name: str, visibility_timeout_s: float = 60,
-                 dead_letter_after: int = 6, *, owns_client: bool = False):
+                 dead_letter_after: int = 6, *, owns_client: bool = False,
+                 dead_letter_setting: str | None = None):
         if visibility_timeout_s < 0 or dead_letter_after < 1:
             raise ValueError("visibility_timeout_s >= 0 and dead_letter_after >= 1 are required")
         self.name = name
@@ -71,22 +97,34 @@ class SQSQueue(Queue):
         self.dead_letter_after = dead_letter_after
         self._client = client
         self._owns_client = owns_client
+        self.dead_letter_setting = dead_letter_setting
         self._queue_url: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str, dead_letter_after: int) -> "SQSQueue":
+    def from_settings(cls, settings: Settings, name: str, dead_letter_after: int,
+                      dead_letter_setting: str | None = None,
+                      budget: RetryBudget = BACKGROUND) -> "SQSQueue":
         """The queue `name` in settings.aws_region with settings.visibility_timeout_s."""
         from core.aws import client
 
-        return cls(client(settings, "sqs"), name,
+        return cls(client(settings, "sqs", budget=budget), name,
                    visibility_timeout_s=settings.visibility_timeout_s,
-                   dead_letter_after=dead_letter_after, owns_client=True)
+                   dead_letter_after=dead_letter_after, owns_client=True,
+                   dead_letter_setting=dead_letter_setting)
 
-    def send(self, body: str) -> str:
-        """Enqueue `body`; returns the SQS message id."""
+    def check(self) -> None:
+        """Find or create the queue now. Raises ConfigError if an existing
+        queue dead-letters too early, BackendError if SQS cannot be reached."""
+        self._url()
+
+    def send(self, body: str, delay_s: float = 0.0) -> str:
+        """Enqueue `body`, visible after `delay_s` (DelaySeconds, rounded up,
+        at most 900 s); returns the SQS message id."""
+        delay_whole_s = _whole_seconds(delay_s, MAX_DELAY_S)
         url = self._url()
         with self._errors("send to"):
-            return self._client.send_message(QueueUrl=url, MessageBody=body)["MessageId"]
+            return self._client.send_message(QueueUrl=url, MessageBody=body,
+                                             DelaySeconds=delay_whole_s)["MessageId"]
 
     def receive(self, max_messages: int = 1, wait_s: float = 0.0,
                 visibility_timeout_s: float | None = None) -> list[Message]:
@@ -124,16 +162,17 @@ class SQSQueue(Queue):
             try:
                 self._client.delete_message(QueueUrl=url, ReceiptHandle=receipt)
             except botocore.exceptions.ClientError as exc:
-                if error_code(exc) not in _UNKNOWN_RECEIPT_CODES:
+                if not _is_unknown_receipt(exc):
                     raise
 
     def extend(self, receipt: str, visibility_timeout_s: float) -> None:
         """Hide the message for `visibility_timeout_s` seconds from now
         (ChangeMessageVisibility; rounded up to whole seconds, at most 12 h).
 
-        Raises NotFound if SQS no longer knows `receipt` (the message was
-        deleted, or the receipt is malformed); a superseded receipt may
-        still extend, as SQS accepts old receipt handles.
+        Raises NotFound if SQS no longer takes `receipt` (the message was
+        deleted, is no longer in flight, passed its 12 h in flight, or the
+        receipt is malformed); a superseded receipt may still extend, as SQS
+        accepts old receipt handles.
         """
         timeout_whole_s = _whole_seconds(visibility_timeout_s, MAX_VISIBILITY_TIMEOUT_S)
         url = self._url()
@@ -143,7 +182,7 @@ class SQSQueue(Queue):
                 self._client.change_message_visibility(
                     QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=timeout_whole_s)
             except botocore.exceptions.ClientError as exc:
-                if error_code(exc) not in _UNKNOWN_RECEIPT_CODES:
+                if not _is_unknown_receipt(exc):
                     raise
                 unknown = True
         if unknown:
@@ -196,10 +235,34 @@ class SQSQueue(Queue):
         if self._queue_url is None:
             try:
                 with aws_errors(f"find queue {self.name}"):
-                    self._queue_url = self._client.get_queue_url(QueueName=self.name)["QueueUrl"]
+                    url = self._client.get_queue_url(QueueName=self.name)["QueueUrl"]
             except NotFound:
-                self._queue_url = self._create()
+                url = self._create()
+            self._check_redrive(url)
+            self._queue_url = url
         return self._queue_url
+
+    def _check_redrive(self, url: str) -> None:
+        """Refuse a queue whose RedrivePolicy dead-letters before
+        dead_letter_after receives: its jobs would be moved aside before they
+        are given up properly, and stay PENDING for ever."""
+        if self.dead_letter_setting is None:
+            return
+        with aws_errors(f"read queue {self.name}"):
+            attributes = self._client.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["RedrivePolicy"]).get("Attributes", {})
+        if "RedrivePolicy" not in attributes:
+            return  # no dead-letter queue: never moved aside
+        try:
+            limit = int(json.loads(attributes["RedrivePolicy"])["maxReceiveCount"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if limit < self.dead_letter_after:
+            raise ConfigError(
+                f"setting '{self.dead_letter_setting}': queue {self.name} dead-letters a message "
+                f"after {limit} receives (its RedrivePolicy maxReceiveCount); it must allow at "
+                f"least {self.dead_letter_after}. Raise maxReceiveCount, or lower "
+                f"'{self.dead_letter_setting}'.")
 
     def _create(self) -> str:
         # CreateQueue is idempotent for equal attributes, so two processes

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import mimetypes
+import os
 import re
 
 import boto3.s3.transfer
@@ -33,7 +34,6 @@ CREDENTIALS_REFUSAL = (
 MULTIPART_THRESHOLD_BYTES = 16 * 1024 * 1024
 MULTIPART_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_KEY_BYTES = 1024
-_CHUNK_BYTES = 1024 * 1024
 
 # Current S3 bucket naming rules (3-63 characters; lowercase letters,
 # digits, dots, hyphens; a letter or digit at each end).
@@ -84,6 +84,18 @@ def _is_ip_address(name: str) -> bool:
     return True
 
 
+def _stopper(uri: str, stop):
+    """An s3transfer progress callback that ends the transfer once `stop` is set
+    (the job was cancelled or its lease lost), or None when nothing can stop it."""
+    if stop is None:
+        return None
+
+    def on_progress(_bytes: int) -> None:
+        if stop.is_set():
+            raise StorageError(f"reading source {uri} was stopped")
+    return on_progress
+
+
 def _refusal(exc: botocore.exceptions.ClientError, role: str, uri: str) -> StorageError | None:
     """The StorageError for an S3 answer that retrying cannot change, else None."""
     code = error_code(exc)
@@ -102,10 +114,10 @@ def _refusal(exc: botocore.exceptions.ClientError, role: str, uri: str) -> Stora
 class S3Storage(Storage):
     """s3://bucket/key through the boto3 S3 `client`.
 
-    Uploads use boto3's managed transfer: one PUT up to
-    `multipart_threshold_bytes`, a multipart upload of
-    `multipart_chunk_bytes` parts above it (S3 needs parts of 5 MiB or more,
-    boto3 raises smaller chunk sizes to that).
+    Transfers use boto3's managed transfer (s3transfer): one request up to
+    `multipart_threshold_bytes`; above it a multipart upload, or ranged
+    parallel GETs, of `multipart_chunk_bytes` parts (S3 needs upload parts
+    of 5 MiB or more, boto3 raises smaller chunk sizes to that).
     """
 
     schemes = (SCHEME,)
@@ -131,29 +143,41 @@ class S3Storage(Storage):
         parse_s3_uri(uri, "destination")
 
     def download(self, uri: str, local_path: str, max_bytes: int, stop=None) -> int:
-        """Stream the object into `local_path`; returns bytes written.
+        """Copy the object into `local_path`; returns bytes written.
+
+        Through s3transfer: an object above the multipart threshold comes in
+        ranged GETs of `multipart_chunk_bytes`, `max_concurrency` at a time;
+        a connection reset mid-way fetches that range again, not the whole
+        object; every range is asked for with the ETag first seen (IfMatch),
+        so a replaced object cannot be stitched from two versions. `stop`
+        (a threading.Event), once set, ends the transfer at its next chunk.
 
         Raises StorageError if the URI is refused, the object or bucket does
-        not exist, access is denied, or it holds more than `max_bytes`
-        (checked before and while streaming); BackendError if S3 fails.
+        not exist, access is denied, or it holds more than `max_bytes`;
+        BackendError if S3 fails.
         """
         bucket, key = self._parsed(uri, "source")
         with aws_errors(f"reading source {uri}"):
             try:
-                reply = self._client.get_object(Bucket=bucket, Key=key)
-            except botocore.exceptions.ClientError as exc:
-                raise _refusal(exc, "source", uri) or exc
-            body = reply["Body"]
-            try:
-                if int(reply.get("ContentLength", 0)) > max_bytes:
+                size = int(self._client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+                if size > max_bytes:
                     raise StorageError(f"source {uri} is larger than the limit of {max_bytes} bytes")
-                total = self._stream(body, local_path, max_bytes, uri, stop)
-                announced = reply.get("ContentLength")
-                if announced is not None and total != int(announced):
-                    raise StorageError(f"source {uri} ended after {total} of {announced} bytes")
-                return total
-            finally:
-                body.close()
+                self._client.download_file(bucket, key, local_path, Config=self._transfer_config,
+                                           Callback=_stopper(uri, stop))
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) in _MISSING_CODES and not self._bucket_exists(bucket):
+                    raise StorageError(f"source bucket of {uri} does not exist") from None
+                raise _refusal(exc, "source", uri) or exc
+            except OSError as exc:
+                raise StorageError(f"writing the download of {uri} failed: "
+                                   f"{exc.strerror or exc}") from None
+        written = os.path.getsize(local_path)
+        if written > max_bytes:  # replaced by a larger object between the two reads
+            os.unlink(local_path)
+            raise StorageError(f"source {uri} is larger than the limit of {max_bytes} bytes")
+        if written != size:
+            raise StorageError(f"source {uri} ended after {written} of {size} bytes")
+        return written
 
     def upload(self, local_path: str, uri: str) -> None:
         """Write `local_path` to the object (atomic: readers see the old object
@@ -176,28 +200,16 @@ class S3Storage(Storage):
         except OSError as exc:
             raise StorageError(f"uploading to {uri} failed: {exc.strerror or exc}") from None
 
+    def _bucket_exists(self, bucket: str) -> bool:
+        # A HEAD answer has no body: 404 says "no key" and "no bucket" alike.
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            return error_code(exc) not in _MISSING_CODES | {"NoSuchBucket"}
+        return True
+
     def _parsed(self, uri: str, role: str) -> tuple[str, str]:
         try:
             return parse_s3_uri(uri, role)
         except ValidationError as exc:
             raise StorageError(str(exc)) from None
-
-    @staticmethod
-    def _stream(body, local_path: str, max_bytes: int, uri: str, stop=None) -> int:
-        total = 0
-        try:
-            with open(local_path, "wb") as writer:
-                for chunk in body.iter_chunks(_CHUNK_BYTES):
-                    if stop is not None and stop.is_set():
-                        raise StorageError(f"reading source {uri} was stopped")
-                    total += len(chunk)
-                    # The object may have been replaced by a larger one since
-                    # ContentLength was read, so the limit holds while streaming.
-                    if total > max_bytes:
-                        raise StorageError(
-                            f"source {uri} is larger than the limit of {max_bytes} bytes")
-                    writer.write(chunk)
-        except OSError as exc:
-            raise StorageError(f"writing the download of {uri} failed: "
-                               f"{exc.strerror or exc}") from None
-        return total

@@ -4,37 +4,70 @@ encoder in the nodes table. Table names default to the SimpleDB domain
 settings' names.
 
 Tables are created when missing, with on-demand capacity
-(PAY_PER_REQUEST) and two global secondary indexes, both projecting every
-attribute so a listing needs no second read:
+(PAY_PER_REQUEST) and three global secondary indexes that project keys
+only, so a write that changes no index key (a heartbeat, a progress tick)
+costs no index write:
 
 - `by_state`: partition `state`, sort `created_key` ("<created_at>|<id>",
   fixed-width UTC time, so newest first with a tie-break on the id). Lists
   and counts one state without reading the others.
-- `by_created`: partition `listing` (the constant "job"), sort
-  `created_key`. Lists every job newest first without a Scan. The trade-off:
-  one partition key takes every job, so this index's writes are capped at
-  what one partition takes (about 1000 writes/s); far above an encoding
-  system's rate of job changes. Both indexes cost storage and a write each.
+- `by_created`: partition `listing` ("job#0" .. "job#7", from a hash of
+  the id, so no one partition takes every job's index writes; items
+  written before the sharding keep "job", and listings read it too), sort
+  `created_key`. Lists every job newest first without a Scan; the arrival
+  times the scaler needs come from its keys alone.
+- `outbox`: partition `outbox`, present only while a state change awaits
+  its announcement (a sparse index), sort `updated_at`.
+
+A listing reads keys from an index, then the jobs with one consistent
+BatchGetItem. A job larger than DynamoDB's 400 KB item limit is refused
+with ValidationError before it is sent. Tables made before these indexes
+keep theirs (projecting everything, one listing partition); they still
+work, and an outbox sweep on them scans the table.
 
 Reads of a job are consistent (get_item ConsistentRead). Index queries
 cannot be: a listing may trail a write by a moment. Every write of a job is
-a put_item conditional on its `version`. botocore errors are translated by
-core.aws.aws_errors.
+conditional on its `version` and carries a fresh random `write_token`.
+botocore resends a write whose answer was lost (a 500 or a read timeout
+after DynamoDB applied it), and the resend fails its condition; the failure
+returns the stored item (ReturnValuesOnConditionCheckFailure), and when its
+version and token are the ones this call wrote, the write took and counts
+as done. A write that failed for good is checked the same way with one
+consistent read. botocore errors are translated by core.aws.aws_errors.
 """
 from __future__ import annotations
 
+import heapq
 import json
+import uuid
+import zlib
 
-from core.aws import aws_errors, client as aws_client
-from core.errors import ConflictError, NotFound, ValidationError
+import botocore.exceptions
+
+import functools
+
+from core.aws import BACKGROUND, RetryBudget, aws_errors, client as aws_client, error_code
+from core.errors import BackendError, ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.settings import Settings
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
+# A missing domain or table is a BackendError here, never a missing job.
+_errors = functools.partial(aws_errors, missing_container_is_error=True)
+
 BY_STATE_INDEX = "by_state"
 BY_CREATED_INDEX = "by_created"
+# A sparse index of the jobs whose outbox holds a state change to announce.
+OUTBOX_INDEX = "outbox"
+_OUTBOX = "pending"
 _LISTING = "job"
+# by_created partitions; items written before sharding sit under _LISTING.
+LISTING_SHARDS = 8
+# BatchGetItem takes at most this many keys a call.
+BATCH_GET_KEYS = 100
+# DynamoDB's limit on one item, names and values together.
+MAX_ITEM_BYTES = 400 * 1024
 # How long to wait for a new table to become ACTIVE (seconds).
 TABLE_CREATE_TIMEOUT_S = 300
 
@@ -51,8 +84,13 @@ def _created_key(job: Job) -> str:
     return f"{time_to_text(job.created_at)}|{job.id}"
 
 
-def _job_item(job: Job, version: int) -> dict:
-    return {
+def new_write_token() -> str:
+    return uuid.uuid4().hex
+
+
+def _job_item(job: Job, version: int, token: str) -> dict:
+    item = {
+        "write_token": {"S": token},
         "id": {"S": job.id},
         "source": {"S": job.source},
         "destination": {"S": job.destination},
@@ -68,10 +106,42 @@ def _job_item(job: Job, version: int) -> dict:
         "lease_expires_at": _string(time_to_text(job.lease_expires_at)),
         "version": {"N": str(version)},
         "created_key": {"S": _created_key(job)},
-        "listing": {"S": _LISTING},
+        "listing": {"S": _listing_key(job.id)},
         "sent_options": _string(None if job.sent_options is None
                                 else json.dumps(job.sent_options, sort_keys=True)),
     }
+    if job.announce_version is not None:
+        # The outbox; `outbox` keys the sparse index that finds it.
+        item["announce_version"] = {"N": str(job.announce_version)}
+        item["outbox"] = {"S": _OUTBOX}
+    size = _item_bytes(item)
+    if size > MAX_ITEM_BYTES:
+        raise ValidationError(f"job {job.id} is too large for DynamoDB ({size} bytes, "
+                              f"at most {MAX_ITEM_BYTES})")
+    return item
+
+
+def _item_bytes(item: dict) -> int:
+    """An item's size as DynamoDB counts it toward its 400 KB limit (names
+    plus values; a number taken at its text length, a bound on its size)."""
+    total = 0
+    for name, value in item.items():
+        total += len(name.encode())
+        kind, content = next(iter(value.items()))
+        total += 1 if kind == "NULL" else len(str(content).encode())
+    return total
+
+
+def _listing_key(job_id: str) -> str:
+    """The by_created partition of a job: one of LISTING_SHARDS, so no single
+    partition takes every job's index writes."""
+    return f"{_LISTING}#{zlib.crc32(job_id.encode()) % LISTING_SHARDS}"
+
+
+def _same_write(stored: dict, written: dict) -> bool:
+    """Whether `stored` is the item `written` put (same version and token)."""
+    return (stored.get("version") == written["version"]
+            and stored.get("write_token") == written["write_token"])
 
 
 def _job_from_item(item: dict) -> Job:
@@ -85,6 +155,7 @@ def _job_from_item(item: dict) -> Job:
         updated_at=text_to_time(item["updated_at"]["S"]),
         lease_expires_at=text_to_time(_unstring(item["lease_expires_at"])),
         version=int(item["version"]["N"]),
+        announce_version=int(item["announce_version"]["N"]) if "announce_version" in item else None,
         sent_options=_sent_options(item),
     )
 
@@ -104,19 +175,22 @@ def _decode_cursor(cursor: str) -> str:
     return "|".join(decode_cursor(cursor))
 
 
-def _index(name: str, partition: str) -> dict:
+def _index(name: str, partition: str, sort: str = "created_key",
+           projection: str = "ALL") -> dict:
     return {"IndexName": name,
             "KeySchema": [{"AttributeName": partition, "KeyType": "HASH"},
-                          {"AttributeName": "created_key", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"}}
+                          {"AttributeName": sort, "KeyType": "RANGE"}],
+            "Projection": {"ProjectionType": projection}}
 
 
 _JOBS_TABLE = {
     "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
     "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"}
-                             for name in ("id", "state", "listing", "created_key")],
-    "GlobalSecondaryIndexes": [_index(BY_STATE_INDEX, "state"),
-                               _index(BY_CREATED_INDEX, "listing")],
+                             for name in ("id", "state", "listing", "created_key", "outbox",
+                                          "updated_at")],
+    "GlobalSecondaryIndexes": [_index(BY_STATE_INDEX, "state", projection="KEYS_ONLY"),
+                               _index(BY_CREATED_INDEX, "listing", projection="KEYS_ONLY"),
+                               _index(OUTBOX_INDEX, "outbox", "updated_at", "KEYS_ONLY")],
     "BillingMode": "PAY_PER_REQUEST",
 }
 _NODES_TABLE = {
@@ -141,11 +215,16 @@ class DynamoDBJobStore(JobStore):
         self.nodes_table_name = nodes_table_name
         self._ensure_table(table_name, _JOBS_TABLE, create_timeout_s)
         self._ensure_table(nodes_table_name, _NODES_TABLE, create_timeout_s)
+        with aws_errors(f"describe table {table_name}"):
+            indexes = self._client.describe_table(TableName=table_name)["Table"].get(
+                "GlobalSecondaryIndexes", [])
+        self._has_outbox_index = any(i["IndexName"] == OUTBOX_INDEX for i in indexes)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "DynamoDBJobStore":
+    def from_settings(cls, settings: Settings, budget: RetryBudget = BACKGROUND
+                      ) -> "DynamoDBJobStore":
         """The store in tables named like the SimpleDB domain settings, through core.aws.client."""
-        store = cls(aws_client(settings, "dynamodb"), settings.simpledb_job_state_domain,
+        store = cls(aws_client(settings, "dynamodb", budget=budget), settings.simpledb_job_state_domain,
                     settings.simpledb_ec2_nommer_state_domain)
         store._owns_client = True
         return store
@@ -156,20 +235,18 @@ class DynamoDBJobStore(JobStore):
             self._client.close()
 
     def create_job(self, job: Job) -> Job:
-        """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
-        item = _job_item(job, version=1)
-        try:
-            with aws_errors("create job"):
-                self._client.put_item(TableName=self.table_name, Item=item,
-                                      ConditionExpression="attribute_not_exists(#id)",
-                                      ExpressionAttributeNames={"#id": "id"})
-        except ConflictError:
-            raise ConflictError(f"job {job.id} already exists") from None
+        """Store `job` as version 1 and return it. Raises ConflictError if the id exists
+        (and was not written by this call: see the module docstring)."""
+        item = _job_item(job, version=1, token=new_write_token())
+        took = self._conditional_put(item, "attribute_not_exists(#id)", {"#id": "id"}, {},
+                                     "create job")
+        if not took:
+            raise ConflictError(f"job {job.id} already exists")
         return _job_from_item(item)
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, read consistently. Raises NotFound."""
-        with aws_errors("get job"):
+        with _errors("get job"):
             answer = self._client.get_item(TableName=self.table_name,
                                            Key={"id": {"S": job_id}}, ConsistentRead=True)
         if "Item" not in answer:
@@ -191,20 +268,66 @@ class DynamoDBJobStore(JobStore):
         #   A: get v ----- put if v -> ok (v + 1)
         #   B: get v ------------------- put if v -> ConditionalCheckFailed
         #
-        # A missing item fails the same condition; one consistent read then
-        # tells "gone" (NotFound) from "changed" (ConflictError).
-        item = _job_item(job, version=expected_version + 1)
-        try:
-            with aws_errors("update job"):
-                self._client.put_item(
-                    TableName=self.table_name, Item=item,
-                    ConditionExpression="attribute_exists(#id) AND #version = :expected",
-                    ExpressionAttributeNames={"#id": "id", "#version": "version"},
-                    ExpressionAttributeValues={":expected": {"N": str(expected_version)}})
-        except ConflictError:
-            self.get_job(job.id)  # raises NotFound if the job is gone
-            raise ConflictError(f"job {job.id} changed since version {expected_version}") from None
+        # A missing item fails the same condition and returns no item: NotFound.
+        #
+        # A write whose answer was lost is resent by botocore; the resend
+        # fails the condition although the first one took:
+        #
+        #   A: put if v (token t) -> applied, answer lost -> put if v -> failed, item: v + 1, t
+        #   A: that is our own write: success
+        item = _job_item(job, version=expected_version + 1, token=new_write_token())
+        took = self._conditional_put(
+            item, "attribute_exists(#id) AND #version = :expected",
+            {"#id": "id", "#version": "version"},
+            {":expected": {"N": str(expected_version)}}, "update job")
+        if took is None:
+            raise NotFound(f"job {job.id} not found")
+        if not took:
+            raise ConflictError(f"job {job.id} changed since version {expected_version}")
         return _job_from_item(item)
+
+    def _conditional_put(self, item: dict, condition: str, names: dict, values: dict,
+                         what: str) -> bool | None:
+        """put_item `item` if `condition` holds. True if it took (also when
+        only an earlier, lost attempt of this call did), False if the
+        condition failed against another write, None if it failed on no item.
+        Raises BackendError."""
+        request = {"TableName": self.table_name, "Item": item, "ConditionExpression": condition,
+                   "ExpressionAttributeNames": names,
+                   "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        if values:
+            request["ExpressionAttributeValues"] = values
+        try:
+            with _errors(what):
+                try:
+                    self._client.put_item(**request)
+                    return True
+                except botocore.exceptions.ClientError as exc:
+                    if error_code(exc) != "ConditionalCheckFailedException":
+                        raise
+                    stored = exc.response.get("Item")
+        except BackendError:
+            # Failed for good (after retries): it may still have taken.
+            try:
+                stored = self._raw_item(item["id"]["S"])
+            except BackendError:
+                stored = None
+            if stored is None or not _same_write(stored, item):
+                raise
+            return True
+        if not stored:
+            # No item came back: the item is missing, or the service does not
+            # return it (older emulators); one consistent read tells.
+            stored = self._raw_item(item["id"]["S"])
+            if stored is None:
+                return None
+        return _same_write(stored, item)
+
+    def _raw_item(self, job_id: str) -> dict | None:
+        with _errors("check job write"):
+            answer = self._client.get_item(TableName=self.table_name,
+                                           Key={"id": {"S": job_id}}, ConsistentRead=True)
+        return answer.get("Item")
 
     def list_jobs(self, state: JobState | None = None, limit: int = 50,
                   cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -218,21 +341,57 @@ class DynamoDBJobStore(JobStore):
         if limit < 1:
             raise ValidationError("limit must be at least 1")
         if state is None:
-            index, partition, value = BY_CREATED_INDEX, "listing", _LISTING
+            index, partition = BY_CREATED_INDEX, "listing"
+            partitions = [f"{_LISTING}#{n}" for n in range(LISTING_SHARDS)] + [_LISTING]
         else:
-            index, partition, value = BY_STATE_INDEX, "state", JobState(state).value
+            index, partition, partitions = BY_STATE_INDEX, "state", [JobState(state).value]
         condition = "#p = :p"
-        names, values = {"#p": partition}, {":p": {"S": value}}
+        names, values = {"#p": partition}, {}
         if cursor is not None:
             # DynamoDB refuses names and values the expression does not use.
             condition += " AND #k < :k"
             names["#k"], values[":k"] = "created_key", {"S": _decode_cursor(cursor)}
         wanted = limit + 1  # one more than asked tells whether a next page exists
-        items = self._query(index, condition, names, values, wanted, "list jobs")
-        page = [_job_from_item(item) for item in items[:limit]]
-        if len(items) <= limit:
+        # Each partition newest first; merged, the newest `wanted` of all.
+        runs = [self._query(index, condition, names, dict(values, **{":p": {"S": value}}),
+                            wanted, "list jobs") for value in partitions]
+        keys = list(heapq.merge(*runs, key=lambda item: item["created_key"]["S"],
+                                reverse=True))[:wanted]
+        page = self._get_many([item["id"]["S"] for item in keys[:limit]])
+        if len(keys) <= limit:
             return page, None
-        return page, _encode_cursor(_created_key(page[-1]))
+        return page, _encode_cursor(keys[limit - 1]["created_key"]["S"])
+
+    def created_since(self, since, limit: int = 2000) -> list:
+        """Creation times after `since`, newest first: keys of the by_created
+        index only (its sort key holds the time), no job is read."""
+        names = {"#p": "listing", "#k": "created_key"}
+        runs = []
+        for value in [f"{_LISTING}#{n}" for n in range(LISTING_SHARDS)] + [_LISTING]:
+            values = {":p": {"S": value}, ":k": {"S": time_to_text(since) + "|~"}}
+            runs.append(self._query(BY_CREATED_INDEX, "#p = :p AND #k > :k", names, values,
+                                    limit, "list arrivals"))
+        keys = heapq.merge(*runs, key=lambda item: item["created_key"]["S"], reverse=True)
+        return [text_to_time(item["created_key"]["S"].split("|", 1)[0])
+                for item in list(keys)[:limit]]
+
+    def _get_many(self, job_ids: list[str]) -> list[Job]:
+        """The jobs `job_ids`, in that order, read consistently (BatchGetItem,
+        100 keys a call; keys DynamoDB leaves unprocessed are asked again).
+        A job deleted meanwhile is left out."""
+        found: dict[str, Job] = {}
+        for start in range(0, len(job_ids), BATCH_GET_KEYS):
+            wanted = {self.table_name: {
+                "Keys": [{"id": {"S": job_id}} for job_id in job_ids[start:start + BATCH_GET_KEYS]],
+                "ConsistentRead": True}}
+            while wanted:
+                with _errors("read jobs"):
+                    answer = self._client.batch_get_item(RequestItems=wanted)
+                for item in answer.get("Responses", {}).get(self.table_name, []):
+                    job = _job_from_item(item)
+                    found[job.id] = job
+                wanted = answer.get("UnprocessedKeys") or {}
+        return [found[job_id] for job_id in job_ids if job_id in found]
 
     def count_jobs(self, states: frozenset[JobState]) -> int:
         """How many jobs are in any of `states` (0 for no states): one COUNT
@@ -244,7 +403,7 @@ class DynamoDBJobStore(JobStore):
                        "ExpressionAttributeNames": {"#p": "state"},
                        "ExpressionAttributeValues": {":p": {"S": state}}}
             while True:
-                with aws_errors("count jobs"):
+                with _errors("count jobs"):
                     answer = self._client.query(**request)
                 total += answer["Count"]
                 if "LastEvaluatedKey" not in answer:
@@ -252,10 +411,59 @@ class DynamoDBJobStore(JobStore):
                 request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
         return total
 
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it holds `version`: an update_item of the
+        outbox attributes alone, conditional on them, so the version stays."""
+        try:
+            with _errors("mark job announced"):
+                self._client.update_item(
+                    TableName=self.table_name, Key={"id": {"S": job_id}},
+                    UpdateExpression="REMOVE #a, #o", ConditionExpression="#a = :v",
+                    ExpressionAttributeNames={"#a": "announce_version", "#o": "outbox"},
+                    ExpressionAttributeValues={":v": {"N": str(version)}})
+        except ConflictError:
+            pass  # another change waits in the outbox now, or the job is gone
+
+    def list_unannounced(self, updated_before, limit: int = 100) -> list[Job]:
+        """Jobs with a state change to announce, updated before `updated_before`:
+        keys from the sparse outbox index (a table made before it existed is
+        scanned instead), each job then read consistently."""
+        cutoff = {"S": time_to_text(updated_before)}
+        if self._has_outbox_index:
+            request = {"TableName": self.table_name, "IndexName": OUTBOX_INDEX,
+                       "KeyConditionExpression": "#o = :o AND #u < :t",
+                       "ExpressionAttributeNames": {"#o": "outbox", "#u": "updated_at"},
+                       "ExpressionAttributeValues": {":o": {"S": _OUTBOX}, ":t": cutoff},
+                       "Limit": limit}
+            operation = self._client.query
+        else:
+            request = {"TableName": self.table_name, "ProjectionExpression": "#i",
+                       "FilterExpression": "attribute_exists(#o) AND #u < :t",
+                       "ExpressionAttributeNames": {"#i": "id", "#o": "outbox", "#u": "updated_at"},
+                       "ExpressionAttributeValues": {":t": cutoff}}
+            operation = self._client.scan
+        ids: list[str] = []
+        while len(ids) < limit:
+            with _errors("list unannounced jobs"):
+                answer = operation(**request)
+            ids += [item["id"]["S"] for item in answer.get("Items", [])]
+            if "LastEvaluatedKey" not in answer:
+                break
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        jobs = []
+        for job_id in ids[:limit]:
+            try:
+                job = self.get_job(job_id)
+            except NotFound:
+                continue
+            if job.announce_version is not None:
+                jobs.append(job)
+        return jobs
+
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id` (the original's attributes)."""
         # An update of the report's own attributes, so the draining mark stays.
-        with aws_errors("put node"):
+        with _errors("put node"):
             self._client.update_item(
                 TableName=self.nodes_table_name, Key={"id": {"S": node.id}},
                 UpdateExpression="SET #state = :state, active_jobs = :active, "
@@ -271,7 +479,7 @@ class DynamoDBJobStore(JobStore):
         nodes = []
         request = {"TableName": self.nodes_table_name, "ConsistentRead": True}
         while True:
-            with aws_errors("list nodes"):
+            with _errors("list nodes"):
                 answer = self._client.scan(**request)
             for item in answer.get("Items", []):
                 nodes.append(Node(id=item["id"]["S"], state=item["state"]["S"],
@@ -287,7 +495,7 @@ class DynamoDBJobStore(JobStore):
     def mark_node_draining(self, node_id: str) -> None:
         """Set encoder `node_id`'s draining mark; no error if unknown."""
         try:
-            with aws_errors("mark node draining"):
+            with _errors("mark node draining"):
                 self._client.update_item(
                     TableName=self.nodes_table_name, Key={"id": {"S": node_id}},
                     UpdateExpression="SET draining = :yes",
@@ -298,7 +506,7 @@ class DynamoDBJobStore(JobStore):
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown."""
-        with aws_errors("delete node"):
+        with _errors("delete node"):
             self._client.delete_item(TableName=self.nodes_table_name, Key={"id": {"S": node_id}})
 
     def _query(self, index: str, condition: str, names: dict, values: dict,
@@ -311,7 +519,7 @@ class DynamoDBJobStore(JobStore):
         items: list[dict] = []
         while len(items) < wanted:
             request["Limit"] = wanted - len(items)
-            with aws_errors(what):
+            with _errors(what):
                 answer = self._client.query(**request)
             items.extend(answer.get("Items", []))
             if "LastEvaluatedKey" not in answer:

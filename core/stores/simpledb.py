@@ -18,20 +18,32 @@ every name and value at 1024 bytes. So, for each job item:
   many count, so one PutAttributes call always writes a whole job.
 
 Every read is a consistent read. Every write of a job is one PutAttributes
-conditional on the stored `version` (`Expected`). botocore errors are
-translated by core.aws.aws_errors: a lost condition is ConflictError, the
-rest BackendError.
+conditional on the stored `version` (`Expected`), carrying a fresh random
+`write_token`. botocore resends a write whose answer was lost (a 500 or a
+read timeout after SimpleDB applied it); the resend then fails its
+condition. So a failed condition, or a write that failed for good, is
+checked with one consistent read: if the stored version and token are the
+ones this call wrote, the write took and counts as done. botocore errors
+are translated by core.aws.aws_errors: a lost condition is ConflictError,
+the rest BackendError.
 """
 from __future__ import annotations
 
+import collections
 import json
+import uuid
 
-from core.aws import aws_errors, client as aws_client
-from core.errors import ConflictError, NotFound, ValidationError
+import functools
+
+from core.aws import BACKGROUND, RetryBudget, aws_errors, client as aws_client
+from core.errors import BackendError, ConflictError, NotFound, ValidationError
 from core.interfaces import JobStore, Node
 from core.jobs import Job, JobState
 from core.settings import Settings
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
+
+# A missing domain or table is a BackendError here, never a missing job.
+_errors = functools.partial(aws_errors, missing_container_is_error=True)
 
 CHUNK_BYTES = 1024
 # AWS's cap on the name-value pairs of one item and of one PutAttributes call.
@@ -41,6 +53,9 @@ MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
 _TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options",
                 "sent_options")
+# Attribute names of the jobs read or written lately (job id -> (version,
+# names)), so a write can count the stale chunks it leaves; bounded.
+_NAMES_CACHE_JOBS = 1024
 
 
 def _sdb_time(value) -> str:
@@ -81,9 +96,10 @@ def _created_key(job: Job) -> str:
     return f"{_sdb_time(job.created_at)}|{job.id}"
 
 
-def _job_attributes(job: Job, version: int) -> list[tuple[str, str]]:
+def _job_attributes(job: Job, version: int, token: str) -> list[tuple[str, str]]:
     pairs = [
         ("version", _number(version)),
+        ("write_token", token),
         ("state", JobState(job.state).value),
         ("progress", _number(job.progress)),
         ("attempts", _number(job.attempts)),
@@ -91,13 +107,23 @@ def _job_attributes(job: Job, version: int) -> list[tuple[str, str]]:
         ("updated_at", _sdb_time(job.updated_at)),
         ("lease_expires_at", _sdb_time(job.lease_expires_at)),
         ("created_key", _created_key(job)),
+        # The outbox: "" when empty (SimpleDB has no null).
+        ("announce_version", "" if job.announce_version is None else _number(job.announce_version)),
     ]
     for field in _TEXT_FIELDS:
         pairs.extend(_chunks(field, getattr(job, field)))
-    if len(pairs) > MAX_ITEM_ATTRIBUTES:
-        raise ValidationError(f"job {job.id} is too large for SimpleDB "
-                              f"({len(pairs)} attributes, at most {MAX_ITEM_ATTRIBUTES})")
+    _check_size(job.id, len(pairs))
     return pairs
+
+
+def _check_size(job_id: str, pairs: int) -> None:
+    if pairs > MAX_ITEM_ATTRIBUTES:
+        raise ValidationError(f"job {job_id} is too large for SimpleDB "
+                              f"({pairs} attributes, at most {MAX_ITEM_ATTRIBUTES})")
+
+
+def new_write_token() -> str:
+    return uuid.uuid4().hex
 
 
 def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
@@ -111,6 +137,7 @@ def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
         updated_at=text_to_time(attrs["updated_at"]),
         lease_expires_at=text_to_time(attrs["lease_expires_at"]),
         version=int(attrs["version"]),
+        announce_version=int(attrs["announce_version"]) if attrs.get("announce_version") else None,
         sent_options=_joined(attrs, "sent_options", missing_ok=True),
     )
 
@@ -142,13 +169,16 @@ class SimpleDBJobStore(JobStore):
         self._owns_client = False
         self.jobs_domain = jobs_domain
         self.nodes_domain = nodes_domain
+        self._names: collections.OrderedDict[str, tuple[int, frozenset[str]]] = (
+            collections.OrderedDict())
         for domain in (jobs_domain, nodes_domain):
             self._ensure_domain(domain)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SimpleDBJobStore":
+    def from_settings(cls, settings: Settings, budget: RetryBudget = BACKGROUND
+                      ) -> "SimpleDBJobStore":
         """The store in the domains the settings name, through core.aws.client."""
-        store = cls(aws_client(settings, "sdb"), settings.simpledb_job_state_domain,
+        store = cls(aws_client(settings, "sdb", budget=budget), settings.simpledb_job_state_domain,
                     settings.simpledb_ec2_nommer_state_domain)
         store._owns_client = True
         return store
@@ -159,22 +189,29 @@ class SimpleDBJobStore(JobStore):
             self._client.close()
 
     def create_job(self, job: Job) -> Job:
-        """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
-        pairs = _job_attributes(job, version=1)
+        """Store `job` as version 1 and return it. Raises ConflictError if the id exists
+        (and was not written by this call: see the module docstring)."""
+        token = new_write_token()
+        pairs = _job_attributes(job, version=1, token=token)
         try:
             self._put(job.id, pairs, {"Name": "version", "Exists": False}, "create job")
         except ConflictError:
-            raise ConflictError(f"job {job.id} already exists") from None
-        return _job_from_attributes(job.id, dict(pairs))
+            if not self._took(job.id, 1, token):
+                raise ConflictError(f"job {job.id} already exists") from None
+        except BackendError:
+            if not self._took(job.id, 1, token, reraise=False):
+                raise
+        return self._stored(job.id, pairs, exact=True)
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, read consistently. Raises NotFound."""
-        with aws_errors("get job"):
+        with _errors("get job"):
             answer = self._client.get_attributes(DomainName=self.jobs_domain, ItemName=job_id,
                                                  ConsistentRead=True)
         attrs = _as_dict(answer.get("Attributes", []))
         if "version" not in attrs:
             raise NotFound(f"job {job_id} not found")
+        self._remember(job_id, int(attrs["version"]), attrs, exact=True)
         return _job_from_attributes(job_id, attrs)
 
     def update_job(self, job: Job, expected_version: int) -> Job:
@@ -193,15 +230,28 @@ class SimpleDBJobStore(JobStore):
         #   B: read v ------------------- put if v -> ConditionalCheckFailed
         #
         # A job that is gone has no version: AttributeDoesNotExist, NotFound.
-        pairs = _job_attributes(job, version=expected_version + 1)
+        #
+        # A write whose answer was lost is resent by botocore and the resend
+        # fails the condition, although the first one took:
+        #
+        #   A: put if v (token t) -> applied, answer lost -> put if v -> ConditionalCheckFailed
+        #   A: consistent read -> version v + 1, token t: our own write, success
+        token = new_write_token()
+        pairs = _job_attributes(job, version=expected_version + 1, token=token)
         expected = {"Name": "version", "Value": _number(expected_version), "Exists": True}
+        self._drop_stale_chunks(job.id, expected_version, {name for name, _ in pairs})
         try:
             self._put(job.id, pairs, expected, "update job")
         except ConflictError:
-            raise ConflictError(f"job {job.id} changed since version {expected_version}") from None
+            if not self._took(job.id, expected_version + 1, token):
+                raise ConflictError(
+                    f"job {job.id} changed since version {expected_version}") from None
         except NotFound:
             raise NotFound(f"job {job.id} not found") from None
-        return _job_from_attributes(job.id, dict(pairs))
+        except BackendError:
+            if not self._took(job.id, expected_version + 1, token, reraise=False):
+                raise
+        return self._stored(job.id, pairs)
 
     def list_jobs(self, state: JobState | None = None, limit: int = 50,
                   cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -240,13 +290,36 @@ class SimpleDBJobStore(JobStore):
         return sum(int(_as_dict(item["Attributes"])["Count"])
                    for item in self._select(expression, "count jobs"))
 
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it holds `version`: one PutAttributes of
+        announce_version alone, conditional on it, so the version stays."""
+        try:
+            with _errors("mark job announced"):
+                self._client.put_attributes(
+                    DomainName=self.jobs_domain, ItemName=job_id,
+                    Attributes=[{"Name": "announce_version", "Value": "", "Replace": True}],
+                    Expected={"Name": "announce_version", "Value": _number(version),
+                              "Exists": True})
+        except (ConflictError, NotFound):
+            pass  # another change waits in the outbox now, or the job is gone
+
+    def list_unannounced(self, updated_before, limit: int = 100) -> list[Job]:
+        """Jobs with a state change to announce, updated before `updated_before`."""
+        expression = (f"select * from {_name(self.jobs_domain)} "
+                      f"where {_name('announce_version')} > '' "
+                      f"and {_name('updated_at')} < {_quote(_sdb_time(updated_before))} "
+                      f"limit {min(limit, MAX_SELECT_LIMIT)}")
+        items = self._select(expression, "list unannounced jobs", stop_after=limit)
+        return [_job_from_attributes(item["Name"], _as_dict(item.get("Attributes", [])))
+                for item in items[:limit]]
+
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id` (the original's attributes)."""
         pairs = [("id", node.id), ("state", node.state),
                  ("active_jobs", _number(node.active_jobs)),
                  ("last_report_dtime", _sdb_time(node.last_report)),
                  ("started_at", _sdb_time(node.started_at))]
-        with aws_errors("put node"):
+        with _errors("put node"):
             self._client.put_attributes(
                 DomainName=self.nodes_domain, ItemName=node.id,
                 Attributes=[{"Name": n, "Value": v, "Replace": True} for n, v in pairs])
@@ -268,7 +341,7 @@ class SimpleDBJobStore(JobStore):
         """Set encoder `node_id`'s draining mark; no error if unknown (put_node
         writes only its own attributes, so it keeps the mark)."""
         try:
-            with aws_errors("mark node draining"):
+            with _errors("mark node draining"):
                 self._client.put_attributes(
                     DomainName=self.nodes_domain, ItemName=node_id,
                     Attributes=[{"Name": "draining", "Value": "1", "Replace": True}],
@@ -278,7 +351,7 @@ class SimpleDBJobStore(JobStore):
 
     def delete_node(self, node_id: str) -> None:
         """Forget encoder `node_id`; no error if unknown (SimpleDB's own behaviour)."""
-        with aws_errors("delete node"):
+        with _errors("delete node"):
             self._client.delete_attributes(DomainName=self.nodes_domain, ItemName=node_id)
 
     def _ensure_domain(self, domain: str) -> None:
@@ -291,9 +364,85 @@ class SimpleDBJobStore(JobStore):
             with aws_errors(f"create domain {domain}"):
                 self._client.create_domain(DomainName=domain)
 
+    def _took(self, job_id: str, version: int, token: str, reraise: bool = True) -> bool:
+        """Whether the stored job is at `version` with `token`: the write that
+        carried them took. A failed read raises (or, with reraise False, is
+        taken as "not known to have taken")."""
+        try:
+            with _errors("check job write"):
+                answer = self._client.get_attributes(
+                    DomainName=self.jobs_domain, ItemName=job_id, ConsistentRead=True,
+                    AttributeNames=["version", "write_token"])
+        except BackendError:
+            if reraise:
+                raise
+            return False
+        attrs = _as_dict(answer.get("Attributes", []))
+        return attrs.get("version") == _number(version) and attrs.get("write_token") == token
+
+    def _stored(self, job_id: str, pairs: list[tuple[str, str]], exact: bool = False) -> Job:
+        attrs = dict(pairs)
+        self._remember(job_id, int(attrs["version"]), attrs, exact)
+        return _job_from_attributes(job_id, attrs)
+
+    def _remember(self, job_id: str, version: int, attrs: dict[str, str],
+                  exact: bool = False) -> None:
+        """Note the attribute names job `job_id` has stored at `version`: all of
+        them (`exact`, from a read) or those written. A write adds names and
+        never removes one (stale chunks stay), so the names after a write are
+        the union of those before and those written; unknown if not known before."""
+        names = frozenset(attrs)
+        known = self._names.pop(job_id, None)
+        if not exact:
+            if known is None or known[0] != version - 1:
+                return
+            names |= known[1]
+        self._names[job_id] = (version, names)
+        while len(self._names) > _NAMES_CACHE_JOBS:
+            self._names.popitem(last=False)
+
+    def _drop_stale_chunks(self, job_id: str, version: int, writing: set[str]) -> None:
+        """Delete chunks of earlier, longer values that would take the item past
+        SimpleDB's 256 name-value pairs once `writing` is added.
+
+        SimpleDB counts every stored pair, stale chunks too. The names stored
+        at `version` are known from the read or write that gave this version
+        (else one read of them). The delete is conditional on `version`, so it
+        never touches a newer write; a stale chunk is never read, so deleting
+        it changes nothing a reader sees. Raises ValidationError if the job is
+        too large even without them.
+        """
+        _check_size(job_id, len(writing))
+        known = self._names.get(job_id)
+        if known is None or known[0] != version:
+            with _errors("count job attributes"):
+                answer = self._client.get_attributes(DomainName=self.jobs_domain,
+                                                     ItemName=job_id, ConsistentRead=True)
+            stored = frozenset(_as_dict(answer.get("Attributes", [])))
+        else:
+            stored = known[1]
+        if len(stored | writing) <= MAX_ITEM_ATTRIBUTES:
+            return
+        stale = sorted(stored - writing)
+        expected = {"Name": "version", "Value": _number(version), "Exists": True}
+        for start in range(0, len(stale), MAX_ITEM_ATTRIBUTES):
+            names = stale[start:start + MAX_ITEM_ATTRIBUTES]
+            # boto3 wants each deleted pair's value: read them (a rare path).
+            with _errors("read stale chunks"):
+                values = _as_dict(self._client.get_attributes(
+                    DomainName=self.jobs_domain, ItemName=job_id, ConsistentRead=True,
+                    AttributeNames=names).get("Attributes", []))
+            if not values:
+                continue  # no pairs would delete the whole item
+            with _errors("delete stale chunks"):
+                self._client.delete_attributes(
+                    DomainName=self.jobs_domain, ItemName=job_id, Expected=expected,
+                    Attributes=[{"Name": n, "Value": v} for n, v in values.items()])
+        self._names[job_id] = (version, stored - set(stale))
+
     def _put(self, item_name: str, pairs: list[tuple[str, str]], expected: dict,
              what: str) -> None:
-        with aws_errors(what):
+        with _errors(what):
             self._client.put_attributes(
                 DomainName=self.jobs_domain, ItemName=item_name, Expected=expected,
                 Attributes=[{"Name": n, "Value": v, "Replace": True} for n, v in pairs])
@@ -308,7 +457,7 @@ class SimpleDBJobStore(JobStore):
             request = {"SelectExpression": expression, "ConsistentRead": True}
             if token:
                 request["NextToken"] = token
-            with aws_errors(what):
+            with _errors(what):
                 answer = self._client.select(**request)
             items.extend(answer.get("Items", []))
             token = answer.get("NextToken")

@@ -15,10 +15,11 @@ from core.jobs import Job, JobState
 from core.sqlite_db import SQLiteDatabase, translate_errors
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
-# Schema version 3 (2 added sent_options, 3 the nodes' draining mark; see
-# _migrate). A later version adds its migration there and bumps the row in
-# schema_versions (shared with the queues, one row per component).
-SCHEMA_VERSION = 3
+# Schema version 4 (2 added sent_options, 3 the nodes' draining mark, 4 the
+# announce_version outbox; see _migrate). A later version adds its migration
+# there and bumps the row in schema_versions (shared with the queues, one row
+# per component).
+SCHEMA_VERSION = 4
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_versions (
         component TEXT PRIMARY KEY,
@@ -39,7 +40,8 @@ _SCHEMA = [
         updated_at TEXT NOT NULL,
         lease_expires_at TEXT,
         version INTEGER NOT NULL,
-        sent_options TEXT)                  -- JSON object, or NULL
+        sent_options TEXT,                  -- JSON object, or NULL
+        announce_version INTEGER)
     """,
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id)",
@@ -54,7 +56,8 @@ _SCHEMA = [
 
 _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
                 "state_details", "progress", "attempts", "node", "created_at",
-                "updated_at", "lease_expires_at", "version", "sent_options")
+                "updated_at", "lease_expires_at", "version", "sent_options",
+                "announce_version")
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 
@@ -70,6 +73,7 @@ def _job_params(job: Job, version: int) -> dict:
         "version": version,
         "sent_options": (None if job.sent_options is None
                          else json.dumps(job.sent_options, sort_keys=True)),
+        "announce_version": job.announce_version,
     }
 
 
@@ -85,6 +89,7 @@ def _job_from_row(row: tuple) -> Job:
         lease_expires_at=text_to_time(values["lease_expires_at"]),
         version=values["version"],
         sent_options=json.loads(values["sent_options"]) if values["sent_options"] else None,
+        announce_version=values["announce_version"],
     )
 
 
@@ -108,11 +113,15 @@ class SQLiteJobStore(JobStore):
             columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
             if "sent_options" not in columns:
                 conn.execute("ALTER TABLE jobs ADD COLUMN sent_options TEXT")
+            if "announce_version" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN announce_version INTEGER")
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs (updated_at) "
+                         "WHERE announce_version IS NOT NULL")
             node_columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}
             if "draining" not in node_columns:
                 conn.execute("ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0")
-            conn.execute("UPDATE schema_versions SET version = ? WHERE component = 'jobs'",
-                         (SCHEMA_VERSION,))
+            conn.execute("UPDATE schema_versions SET version = ? WHERE component = 'jobs' "
+                         "AND version < ?", (SCHEMA_VERSION, SCHEMA_VERSION))
 
     def create_job(self, job: Job) -> Job:
         """Store `job` as version 1 and return it. Raises ConflictError if the id exists."""
@@ -203,6 +212,21 @@ class SQLiteJobStore(JobStore):
             row = self._db.connection().execute(
                 f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", values).fetchone()
         return row[0]
+
+    def mark_announced(self, job_id: str, version: int) -> None:
+        """Empty the job's outbox if it holds `version`; the version stays."""
+        with translate_errors("mark job announced"):
+            self._db.connection().execute(
+                "UPDATE jobs SET announce_version = NULL WHERE id = ? AND announce_version = ?",
+                (job_id, version))
+
+    def list_unannounced(self, updated_before, limit: int = 100) -> list[Job]:
+        """Jobs with a state change to announce, updated before `updated_before`."""
+        with translate_errors("list unannounced jobs"):
+            rows = self._db.connection().execute(
+                f"{_SELECT_JOB} WHERE announce_version IS NOT NULL AND updated_at < ? "
+                "ORDER BY updated_at LIMIT ?", (time_to_text(updated_before), limit)).fetchall()
+        return [_job_from_row(row) for row in rows]
 
     def put_node(self, node: Node) -> None:
         """Create or replace the report of encoder `node.id`."""

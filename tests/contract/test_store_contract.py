@@ -261,6 +261,34 @@ def test_sqlite_store_used_after_close_is_a_backend_error(tmp_path):
         store.get_job("job-1")
 
 
+def test_the_outbox_is_listed_until_emptied_and_emptying_keeps_the_version(store):
+    later = _T0 + timedelta(hours=1)
+    store.create_job(_job("job-1", announce_version=1))
+    store.create_job(_job("job-2"))
+    assert [job.id for job in store.list_unannounced(later)] == ["job-1"]
+    assert store.list_unannounced(_T0) == []  # updated at _T0: not before it
+
+    store.mark_announced("job-1", 2)  # another change: left alone
+    assert store.get_job("job-1").announce_version == 1
+    store.mark_announced("job-1", 1)
+    store.mark_announced("no-such-job", 1)  # no error
+
+    assert store.get_job("job-1").version == 1
+    assert store.get_job("job-1").announce_version is None
+    assert store.list_unannounced(later) == []
+
+
+def test_creation_times_since_a_moment_come_newest_first_and_bounded(store):
+    for minute in range(5):
+        store.create_job(_job(f"job-{minute}", created_at=_T0 + timedelta(minutes=minute)))
+
+    since = store.created_since(_T0 + timedelta(minutes=1))
+
+    assert since == [_T0 + timedelta(minutes=m) for m in (4, 3, 2)]
+    assert store.created_since(_T0 - timedelta(minutes=1), limit=2) == [
+        _T0 + timedelta(minutes=4), _T0 + timedelta(minutes=3)]
+
+
 def test_a_draining_mark_survives_the_encoders_own_reports(store):
     started = datetime(2024, 5, 1, 11, 0, tzinfo=timezone.utc)
     report = Node(id="encoder-a", state="idle", active_jobs=0,

@@ -254,16 +254,47 @@ def test_second_sigterm_releases_at_once(nommerd_factory, long_clip, media):
     assert daemon.job(job.id).state is JobState.PENDING
 
 
-def test_message_received_too_often_ends_the_job_in_error(nommerd_factory, clip, media):
+def test_job_claimed_too_often_ends_in_error(nommerd_factory, clip, media):
     daemon = nommerd_factory(start=False, NOMMER_MAX_RECEIVES="2")
     job = daemon.jobs.submit(clip.as_uri(), (media / "out" / "too-often.mp4").as_uri(), passes())
-    for _ in range(2):  # two deliveries that never finished
+    for _ in range(2):  # two encoders that claimed it and died (their leases ran out)
         assert daemon.backends.new_jobs.receive(wait_s=1, visibility_timeout_s=0)
+        assert daemon.jobs.claim(job.id, "dead-encoder", lease_s=0) is not None
     daemon.start()
     done = daemon.wait_state(job.id, {JobState.ERROR, JobState.FINISHED})
     assert done.state is JobState.ERROR
-    assert done.state_details.startswith("gave up after 3 deliveries")
+    assert done.state_details.startswith("gave up after 2 attempts")
     assert not (media / "out" / "too-often.mp4").exists()
+
+
+def test_deliveries_without_claims_do_not_fail_the_job(nommerd_factory, clip, media):
+    daemon = nommerd_factory(start=False, NOMMER_MAX_RECEIVES="2")
+    job = daemon.jobs.submit(clip.as_uri(), (media / "out" / "redelivered.mp4").as_uri(), passes())
+    for _ in range(2):  # received and never claimed (SQS unreachable, say)
+        assert daemon.backends.new_jobs.receive(wait_s=1, visibility_timeout_s=0)
+    daemon.start()
+    assert daemon.wait_state(job.id, {JobState.ERROR, JobState.FINISHED}).state is JobState.FINISHED
+
+
+def test_a_redelivered_message_never_fails_a_job_another_encoder_holds(nommerd_factory, clip,
+                                                                       media):
+    daemon = nommerd_factory(start=False, NOMMER_MAX_RECEIVES="1")
+    job = daemon.jobs.submit(clip.as_uri(), (media / "out" / "held.mp4").as_uri(), passes())
+    # Another encoder holds the job with a live lease; its message keeps
+    # coming back (past SQS's in-flight cap, or while SQS was unreachable).
+    assert daemon.backends.new_jobs.receive(wait_s=1, visibility_timeout_s=0)
+    held = daemon.jobs.claim(job.id, "long-encode", lease_s=10)
+    daemon.start()
+    wait_for(lambda: "left for its holder" in daemon.log_path.read_text(), 30,
+             what="the redelivery left for the holder")
+    assert daemon.job(job.id) == held
+    # The holder finishes; the message, back when the lease would have run
+    # out, is dropped and the job stays FINISHED.
+    for state in (JobState.ENCODING, JobState.UPLOADING, JobState.FINISHED):
+        held = daemon.jobs.advance(held, state)
+    wait_for(lambda: daemon.backends.new_jobs.counts() == (0, 0), 30,
+             what="the message to be dropped")
+    assert daemon.job(job.id).state is JobState.FINISHED
 
 
 def test_idle_nommerd_exits_0_by_itself(nommerd_factory):

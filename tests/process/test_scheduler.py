@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from core.backends import open_backends
-from core.jobs import JobState, utcnow
+from core.jobs import JobState, transition, utcnow
 from core.jobservice import StateChange
 from core.settings import load
 from feeder.scheduler import Scheduler
@@ -360,3 +360,21 @@ def test_unsendable_urls_are_given_up_and_later_jobs_still_notified(receiver, ba
     wait_for(lambda: queue_empty(backends), 20, "every change settled", schedulers)
     assert proc.poll() is None
     assert schedulers.logs().count("given up") >= 5
+
+
+def test_a_state_change_whose_writer_died_before_announcing_is_still_notified(
+        receiver, backends, schedulers):
+    schedulers.start(visibility_timeout_s=1)
+    job = submit(backends, receiver.url("/ok"))
+    wait_for(lambda: receiver.delivered_states(job.id) == ["PENDING"], 10,
+             "PENDING notification", schedulers)
+    # What a claim writes; its encoder dies before it sends the announcement.
+    claimed = transition(job, JobState.DOWNLOADING, node="node-1", attempts=1)
+    backends.store.update_job(dataclasses.replace(claimed, announce_version=job.version + 1),
+                              job.version)
+
+    wait_for(lambda: receiver.delivered_states(job.id) == ["PENDING", "DOWNLOADING"], 15,
+             "the DOWNLOADING notification, from the job's outbox", schedulers)
+    wait_for(lambda: backends.store.get_job(job.id).announce_version is None, 10,
+             "the outbox emptied", schedulers)
+    assert "announced from its outbox" in schedulers.logs()

@@ -2,13 +2,15 @@
 tests/contract/test_store_contract.py runs against it on the moto server)."""
 from __future__ import annotations
 
+import dataclasses
 import socket
+from datetime import datetime, timezone
 
 import pytest
 
 from tests.fixtures.aws import unique_name
 from core.aws import client as aws_client
-from core.stores.dynamodb import BY_CREATED_INDEX, BY_STATE_INDEX, DynamoDBJobStore
+from core.stores.dynamodb import BY_CREATED_INDEX, BY_STATE_INDEX, OUTBOX_INDEX, DynamoDBJobStore
 from core.errors import BackendError
 from core.jobs import Job
 from core.settings import Settings
@@ -36,7 +38,8 @@ def test_missing_tables_are_created_on_demand_with_the_listing_indexes(dynamodb)
     indexes = {index["IndexName"]: [key["AttributeName"] for key in index["KeySchema"]]
                for index in table["GlobalSecondaryIndexes"]}
     assert indexes == {BY_STATE_INDEX: ["state", "created_key"],
-                       BY_CREATED_INDEX: ["listing", "created_key"]}
+                       BY_CREATED_INDEX: ["listing", "created_key"],
+                       OUTBOX_INDEX: ["outbox", "updated_at"]}
     assert dynamodb.describe_table(TableName=nodes)["Table"]["TableStatus"] == "ACTIVE"
 
 
@@ -70,3 +73,35 @@ def test_an_unreachable_dynamodb_is_a_backend_error():
     with pytest.raises(BackendError):
         DynamoDBJobStore(aws_client(settings, "dynamodb", max_attempts=1, connect_timeout_s=2),
                          "jobs-table", "nodes-table")
+
+
+def test_a_job_over_the_400_kb_item_limit_is_a_validation_error(dynamodb):
+    from core.errors import ValidationError
+
+    store = DynamoDBJobStore(dynamodb, unique_name("jobs"), unique_name("nodes"))
+    big = Job(id="job-1", source="s3://a/b", destination="s3://c/d",
+              options={"note": "x" * (400 * 1024)})
+    with pytest.raises(ValidationError, match="too large for DynamoDB"):
+        store.create_job(big)
+    job = store.create_job(Job(id="job-2", source="s3://a/b", destination="s3://c/d", options={}))
+    with pytest.raises(ValidationError, match="too large for DynamoDB"):
+        store.update_job(dataclasses.replace(job, state_details="y" * (400 * 1024)), 1)
+
+
+def test_listing_reads_sharded_and_unsharded_partitions_newest_first(dynamodb):
+    jobs = unique_name("jobs")
+    store = DynamoDBJobStore(dynamodb, jobs, unique_name("nodes"))
+    for n in range(12):
+        store.create_job(Job(id=f"job-{n:02d}", source="s3://a/b", destination="s3://c/d",
+                             options={}, created_at=datetime(2024, 5, 1, 12, n, tzinfo=timezone.utc)))
+    # A job written before the listing key was sharded.
+    dynamodb.update_item(TableName=jobs, Key={"id": {"S": "job-05"}},
+                         UpdateExpression="SET listing = :l",
+                         ExpressionAttributeValues={":l": {"S": "job"}})
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list_jobs(limit=5, cursor=cursor)
+        seen += [job.id for job in page]
+        if cursor is None:
+            break
+    assert seen == [f"job-{n:02d}" for n in reversed(range(12))]

@@ -12,7 +12,7 @@ import yaml
 
 from tests.fixtures.aws import unique_name
 from core.fleets.ec2 import NOMCONF_PATH, EC2Fleet, encoder_user_data
-from core.errors import ConfigError
+from core.errors import BackendError, ConfigError
 from core.settings import Settings, load
 
 # Credentials the test's own clients sign with: they must never reach an instance.
@@ -228,3 +228,36 @@ def test_user_data_is_built_from_an_allow_list_of_settings():
     assert "feeder-only" not in encoder_user_data(settings)
     assert not {"api_token", "ec2_security_groups", "ec2_instance_profile",
                 "aws_endpoint_url", "file_roots"} & set(nomconf)
+
+
+def test_without_capacity_launches_fall_back_along_types_subnets_then_on_demand(
+        moto_server, ec2, settings, network):
+    from core.aws import client
+    from tests.fixtures.fault_proxy import FaultProxy
+
+    second_subnet = ec2.describe_subnets(
+        Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"][1]["SubnetId"]
+    wanted = dataclasses.replace(
+        settings, ec2_spot=True, ec2_instance_types=("c7i.large", "m7i.large"),
+        ec2_subnet_ids=(network["subnet"], second_subnet))
+    with FaultProxy(moto_server.endpoint_url) as proxy:
+        through = client(Settings(backend="aws", aws_endpoint_url=proxy.url), "ec2",
+                         max_attempts=2)
+        fleet = EC2Fleet(through, wanted)
+        try:
+            proxy.no_capacity = {"spot"}  # no Spot capacity anywhere: on-demand
+            [on_demand] = fleet.launch(1)
+            proxy.no_capacity = {"c7i.large"}  # the first type is out: the second
+            [second_type] = fleet.launch(1)
+            proxy.no_capacity = {"c7i.large", "m7i.large"}  # nothing left at all
+            with pytest.raises(BackendError):
+                fleet.launch(1)
+        finally:
+            through.close()
+            ec2.terminate_instances(InstanceIds=[e.id for e in fleet.list_encoders()]
+                                    or ["i-0123456789abcdef0"])
+    assert "InstanceLifecycle" not in _instance(ec2, on_demand)
+    assert _instance(ec2, on_demand)["InstanceType"] == "c7i.large"
+    assert _instance(ec2, second_type)["InstanceType"] == "m7i.large"
+    assert _instance(ec2, second_type)["InstanceLifecycle"] == "spot"
+    assert proxy.faults[("ec2", "no-capacity")] >= 4

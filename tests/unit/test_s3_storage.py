@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import pytest
 
@@ -145,3 +146,36 @@ def test_unreachable_s3_is_a_retryable_backend_error(tmp_path):
         storage.download("s3://media-bucket/in.mp4", str(tmp_path / "in.mp4"), max_bytes=MIB)
     with pytest.raises(BackendError):
         storage.upload(_file(tmp_path / "out.mp4", 10), "s3://media-bucket/out.mp4")
+
+
+def test_a_download_cut_mid_way_fetches_only_the_cut_ranges_again(s3, bucket, tmp_path,
+                                                                    moto_server):
+    from tests.fixtures.fault_proxy import FaultProxy
+
+    size = 20 * MIB + 17
+    s3.upload_file(_file(tmp_path / "big.mov", size), bucket, "in/big.mov")
+    with FaultProxy(moto_server.endpoint_url) as proxy:
+        through = client(Settings(backend="aws", aws_endpoint_url=proxy.url), "s3")
+        storage = S3Storage(through, multipart_threshold_bytes=5 * MIB,
+                            multipart_chunk_bytes=5 * MIB)
+        proxy.cut_bodies(2)  # two connections reset mid-way
+        got = storage.download(f"s3://{bucket}/in/big.mov", str(tmp_path / "back.mov"),
+                               max_bytes=size)
+        through.close()
+        sent = proxy.s3_body_bytes
+
+    assert got == size
+    assert (tmp_path / "back.mov").read_bytes() == (tmp_path / "big.mov").read_bytes()
+    assert proxy.faults[("s3", "cut-body")] == 2
+    # Two cut 5 MiB ranges cost at most 5 MiB more, not whole restarts.
+    assert sent <= size + 5 * MIB + 17
+
+
+def test_a_download_stops_once_its_job_is_cancelled(s3, bucket, tmp_path):
+    storage = S3Storage(s3, multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB)
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=b"\0" * (12 * MIB))
+    stop = threading.Event()
+    stop.set()  # cancelled before the first chunk arrives
+
+    with pytest.raises(StorageError, match="was stopped"):
+        storage.download(f"s3://{bucket}/big.bin", str(tmp_path / "got"), 20 * MIB, stop=stop)
