@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
 from datetime import datetime
 
 from core.jobs import Job, JobState
@@ -215,10 +216,12 @@ class Storage(abc.ABC):
     schemes: tuple[str, ...] = ()
 
     @abc.abstractmethod
-    def download(self, uri: str, local_path: str, max_bytes: int) -> int:
+    def download(self, uri: str, local_path: str, max_bytes: int,
+                 stop: threading.Event | None = None) -> int:
         """Copy `uri` to `local_path`; returns bytes written.
 
-        Raises StorageError with the reason (missing, too large, refused).
+        Raises StorageError with the reason (missing, too large, refused,
+        fewer bytes than announced), and soon after `stop` is set.
         """
 
     @abc.abstractmethod

@@ -1,16 +1,21 @@
-"""Media facts and sample clips, from the ffmpeg binary alone.
+"""Media facts and sample clips.
 
-There is no ffprobe beside the ffmpeg that imageio-ffmpeg ships, so `probe`
-reads what `ffmpeg -i FILE` prints about its input. subprocess errors stop
-here: a file ffmpeg cannot read, a missing binary or a hung probe are all
-MediaError.
+There is no ffprobe beside the ffmpeg that imageio-ffmpeg ships, and what
+`ffmpeg -i` prints mixes the file's own metadata text with the facts, so
+`probe` reads the facts as JSON from a child process using FFmpeg's
+libraries (core.probe, through PyAV). Sample clips come from the ffmpeg
+binary. subprocess errors stop here: a file that cannot be read, a missing
+binary or a hung probe are all MediaError.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import imageio_ffmpeg
 
@@ -20,11 +25,8 @@ from core.settings import Settings
 PROBE_TIMEOUT_S = 60.0
 SAMPLE_TIMEOUT_S = 300.0
 
-_INPUT = re.compile(r"^Input #0, (?P<format>.+), from '", re.MULTILINE)
-_DURATION = re.compile(r"^\s+Duration: (?:(?P<h>\d+):(?P<m>\d\d):(?P<s>\d\d(?:\.\d+)?)|N/A)",
-                       re.MULTILINE)
-_STREAM = re.compile(r"^\s+Stream #0:\d+\S*: (?P<kind>Video|Audio|Subtitle|Data|Attachment): "
-                     r"(?P<codec>[\w-]+)", re.MULTILINE)
+# The probe child is run as `python -m core.probe` from here.
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 # ffmpeg's own error lines carry a "[in#0 @ 0x55...]" prefix that means nothing to a user.
 _CONTEXT_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\] ")
 
@@ -68,53 +70,57 @@ def error_lines(stderr: str, replacements: dict[str, str] | None = None) -> list
     return lines
 
 
-def parse_probe(stderr: str) -> MediaInfo | None:
-    """MediaInfo from `ffmpeg -i` stderr, or None if no input was opened."""
-    found = _INPUT.search(stderr)
-    if found is None:
-        return None
-    # Only the input's own lines: an "Output #0" section numbers its streams #0:n too.
-    end = stderr.find("\nOutput #", found.end())
-    end = len(stderr) if end < 0 else end
-    duration_s = None
-    match = _DURATION.search(stderr, found.end(), end)
-    if match and match.group("h") is not None:
-        duration_s = int(match["h"]) * 3600 + int(match["m"]) * 60 + float(match["s"])
-    streams = tuple((m["kind"].lower(), m["codec"]) for m in _STREAM.finditer(stderr, found.end(), end))
-    return MediaInfo(found["format"], duration_s, streams)
-
-
-def _open_error(lines: list[str], returncode: int) -> str:
-    """The line that says why ffmpeg could not open its input."""
-    for line in reversed(lines):
-        if line.startswith("Error opening input:"):
-            return line.removeprefix("Error opening input:").strip()
-    return lines[-1] if lines else f"ffmpeg exited with code {returncode}"
+def read_probe(text: str) -> MediaInfo | str:
+    """MediaInfo from the probe child's JSON, or its error text. Raises ValueError
+    when `text` is not what the child prints."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if "error" in data:
+        return str(data["error"])
+    duration = data["duration_s"]
+    if duration is not None and not isinstance(duration, (int, float)):
+        raise ValueError("duration_s is not a number")
+    streams = tuple((str(kind).lower(), str(codec)) for kind, codec in data["streams"])
+    return MediaInfo(str(data["format_name"]), float(duration) if duration else None, streams)
 
 
 def probe(ffmpeg: str, path: str, allowed_formats: Iterable[str] | None = None,
           timeout_s: float = PROBE_TIMEOUT_S) -> MediaInfo:
-    """What ffmpeg sees in the local file `path`.
+    """What FFmpeg's libraries see in the local file `path`.
 
-    Only the file protocol is allowed, so a playlist cannot make the probe
-    reach the network. With `allowed_formats`, ffmpeg refuses to open any
-    other demuxer (its format_whitelist), so a playlist or concat file is
-    refused before it opens the files it names.
-    Raises MediaError with ffmpeg's reason if the file cannot be read.
+    The file is opened by a child process (core.probe) through PyAV, which
+    reports the container's structures as JSON: no text ffmpeg prints is
+    parsed, so metadata cannot spoof the duration or add lines. Only the file
+    protocol is allowed; with `allowed_formats`, no other demuxer may open the
+    file, so a playlist or concat file is refused before it opens the files
+    it names. `ffmpeg` is not used (the libraries come with PyAV); callers
+    pass the binary they encode with. Raises MediaError with the reason if the
+    file cannot be read.
     """
-    argv = [ffmpeg, "-hide_banner", "-nostdin", "-protocol_whitelist", "file"]
+    argv = [sys.executable, "-m", "core.probe", path]
     if allowed_formats is not None:
-        argv += ["-format_whitelist", ",".join(allowed_formats)]
-    argv += ["-i", f"file:{path}"]
-    done = _run_ffmpeg(argv, timeout_s, "reading the media")
-    stderr = done.stderr.decode("utf-8", "replace")
-    info = parse_probe(stderr)
-    if info is None:
-        lines = error_lines(stderr, {f"file:{path}": "source", path: "source"})
-        if any("Format not on whitelist" in line for line in lines):
-            raise MediaError("source is not an allowed media container")
-        raise MediaError(f"source is not media that ffmpeg can read: {_open_error(lines, done.returncode)}")
-    return info
+        argv += ["--formats", ",".join(allowed_formats)]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout_s, cwd=_PROJECT_ROOT)
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"reading the media took longer than {timeout_s:g} s") from None
+    except OSError as exc:
+        raise MediaError(f"the probe could not be run: {exc.strerror or exc}") from None
+    try:
+        found = read_probe(done.stdout.decode("utf-8"))
+    except (ValueError, KeyError, TypeError):
+        # The demuxer crashed (a hostile file) or the probe failed to start.
+        raise MediaError("source is not media that ffmpeg can read: the probe failed "
+                         f"(exit code {done.returncode})") from None
+    if isinstance(found, str):
+        if allowed_formats is not None:
+            # The libraries do not tell a refused demuxer from unreadable data.
+            raise MediaError(f"source is not media that ffmpeg can read, or not an allowed "
+                             f"media container ({found})")
+        raise MediaError(f"source is not media that ffmpeg can read: {found}")
+    return found
 
 
 def _run_ffmpeg(argv: list[str], timeout_s: float, doing: str) -> subprocess.CompletedProcess:

@@ -88,6 +88,10 @@ _FILTER = re.compile(r"\s*([a-z0-9_]+)\s*(?:=(.*))?", re.DOTALL | re.ASCII)
 # second chain), no '%' or '{' (no text expansion).
 _FILTER_ARGS = re.compile(r"[A-Za-z0-9_=:,.+\-*/()<>|^! ]*", re.ASCII)
 _FILTER_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+# Expression functions that loop: while() spins as long as its condition
+# holds (heartbeats would keep such a job alive for ever); root() and
+# taylor() iterate too.
+_LOOPING_FUNCTION = re.compile(r"\b(while|root|taylor)\s*\(", re.ASCII | re.IGNORECASE)
 
 # A value check: (value or None for a bare flag, the pass's position) ->
 # the value to store. Raises _Refused saying what was expected.
@@ -130,6 +134,15 @@ def _movflags(value: str | None, position: str) -> str:
     return value
 
 
+def _output_format(value: str | None, position: str) -> str:
+    value = _choice(OUTPUT_FORMATS, "an output container format")(value, position)
+    # The null muxer writes nothing: only the first pass of two may use it.
+    if value == "null" and position != "1":
+        raise _Refused("'null' writes no output; it is only for the first pass of a "
+                       "two-pass job")
+    return value
+
+
 def _pass_number(value: str | None, position: str) -> str:
     # The original's two-pass presets say which pass they are. The encoder
     # numbers the passes itself (with its own pass log), so only a value that
@@ -165,6 +178,10 @@ def _split_filter_chain(graph: str) -> list[str]:
 def _check_filter_args(name: str, args: str) -> None:
     if not _FILTER_ARGS.fullmatch(args):
         raise _Refused(f"filter {name!r} has characters that are not allowed in its arguments")
+    looping = _LOOPING_FUNCTION.search(args)
+    if looping:
+        raise _Refused(f"filter {name!r}: the looping expression function "
+                       f"{looping.group(1).lower()}() is not allowed")
     for item in args.split(":"):
         key, sep, _value = item.partition("=")
         # ffmpeg reads an option's value from a file when its name starts
@@ -237,7 +254,7 @@ OUTPUT_OPTIONS: dict[str, Check] = {
     "an": _flag, "vn": _flag, "sn": _flag, "dn": _flag,
     "t": _time, "ss": _time, "to": _time,
     "movflags": _movflags,
-    "f": _choice(OUTPUT_FORMATS, "an output container format"),
+    "f": _output_format,
     "map": _pattern(_MAP, "a stream of input 0 like 0:v or 0:a:0"),
     "vf": _video_filters, "filter:v": _video_filters,
     "af": _audio_filters, "filter:a": _audio_filters,
@@ -365,3 +382,51 @@ def validate_job_options(job_options: object, field: str = "job_options") -> dic
                                    str(index + 1) if len(passes) == MAX_PASSES else "")
                     for index, encoding_pass in enumerate(passes)],
     }
+
+
+def _frame_pixels(size: str) -> int | None:
+    width, sep, height = size.partition("x")
+    return int(width) * int(height) if sep and width.isdigit() and height.isdigit() else None
+
+
+def _frame_rate(rate: str) -> float | None:
+    number, sep, per = rate.partition("/")
+    try:
+        return float(number) / float(per) if sep else float(number)
+    except (ValueError, ZeroDivisionError):
+        return None  # a name (ntsc, pal, film ...): a broadcast rate
+
+
+_SCALE_SIZE = re.compile(r"(?:^|[=:])(?:w=|width=)?(\d{1,9})[:x](?:h=|height=)?(\d{1,9})(?::|$)",
+                         re.ASCII)
+_FPS = re.compile(r"(?:^|:)(?:fps=)?(\d{1,9}(?:\.\d+)?(?:/\d{1,9})?)(?::|$)", re.ASCII)
+
+
+def check_output_caps(job_options: dict, max_frame_pixels: int, max_frame_rate: float,
+                      field: str = "job_options") -> None:
+    """Refuse output frames larger than `max_frame_pixels` (width x height) or
+    faster than `max_frame_rate`, from -s, -r, and scale/fps filters with
+    literal numbers. `job_options` is validated already. Raises ValidationError."""
+    for index, encoding_pass in enumerate(job_options["options"]):
+        where = f"{field}.options[{index}].outfile_options"
+        sizes = []
+        rates = [_frame_rate(value) for key, value in encoding_pass["infile_options"]
+                 if key == "r"]
+        for key, value in encoding_pass["outfile_options"]:
+            if key == "s":
+                sizes.append(_frame_pixels(value))
+            elif key == "r":
+                rates.append(_frame_rate(value))
+            elif key in ("vf", "filter:v"):
+                for text in _split_filter_chain(value.replace("'", "")):
+                    name, _, args = text.strip().partition("=")
+                    if name == "scale" and (found := _SCALE_SIZE.search(args)):
+                        sizes.append(int(found[1]) * int(found[2]))
+                    elif name == "fps" and (found := _FPS.search(args)):
+                        rates.append(_frame_rate(found[1]))
+        if any(pixels and pixels > max_frame_pixels for pixels in sizes):
+            raise ValidationError(f"{where}: the output frame is larger than "
+                                  f"{max_frame_pixels} pixels (setting max_frame_pixels)")
+        if any(rate and rate > max_frame_rate for rate in rates):
+            raise ValidationError(f"{where}: the output frame rate is above "
+                                  f"{max_frame_rate:g} per second (setting max_frame_rate)")

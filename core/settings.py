@@ -82,6 +82,37 @@ class Settings:
     # A failing notification is retried with backoff for at most this long.
     notify_retry_for_s: float = 300.0
 
+    # --- untrusted input: outbound reach and resource limits ---
+    # Networks (CIDR) or host names that sources and notifications may reach
+    # although they are not globally routable. Only consulted when the API
+    # listens beyond loopback; then every other non-global address is refused.
+    outbound_allowed: tuple = ()
+    # Longest wait for a TCP (and TLS) connection to a source or receiver.
+    outbound_connect_timeout_s: float = 3.0
+    # Notifications sent at once to one receiver (host and port).
+    notify_per_receiver: int = 2
+    # A download must end within this long, and move at least this many
+    # bytes in every window of download_rate_window_s (a dripping source).
+    download_deadline_s: float = 3600.0
+    download_min_bytes_per_s: int = 1024
+    download_rate_window_s: float = 30.0
+    # Each ffmpeg pass may run this many times the source's duration, plus
+    # encode_time_base_s, of wall-clock time.
+    encode_time_factor: float = 10.0
+    encode_time_base_s: float = 120.0
+    # Largest output file, checked while ffmpeg writes it (bytes).
+    max_output_bytes: int = 20 * 1024**3
+    # Free space the work folder's disk must keep beyond the source (bytes).
+    min_free_bytes: int = 1024**3
+    # Address space ffmpeg may use (RLIMIT_AS, bytes); 0 for no limit.
+    ffmpeg_max_memory_bytes: int = 4 * 1024**3
+    # Largest output frame (width x height, pixels) and frame rate accepted at submit.
+    max_frame_pixels: int = 8192 * 4320
+    max_frame_rate: float = 240.0
+    # False: a source ffmpeg decodes with errors fails the job (a truncated
+    # file would otherwise end FINISHED with a short output).
+    tolerate_decode_errors: bool = False
+
     # --- scaler ---
     feederd_allow_ec2_launches: bool = True
     feederd_auto_scale_interval: float = 5.0
@@ -226,7 +257,10 @@ def _validate(settings: Settings) -> None:
             )
     positive = ("api_port", "visibility_timeout_s", "max_receives", "job_lease_s",
                 "max_encoding_jobs_per_ec2_instance", "nommerd_heartbeat_interval_s",
-                "feederd_auto_scale_interval", "local_queue_poll_ms", "spot_check_interval_s")
+                "feederd_auto_scale_interval", "local_queue_poll_ms", "spot_check_interval_s",
+                "outbound_connect_timeout_s", "notify_per_receiver", "download_deadline_s",
+                "download_rate_window_s", "encode_time_factor", "max_output_bytes",
+                "max_frame_pixels", "max_frame_rate")
     for key in positive:
         if getattr(settings, key) <= 0:
             raise ConfigError(f"setting {key!r}: must be greater than zero")

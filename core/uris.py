@@ -24,9 +24,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from core.errors import ValidationError
+from core.reach import REFUSED_MESSAGE, Reach, is_metadata_address
 from core.settings import Settings
 
 MAX_URI_CHARS = 2048
+# Extensions whose ffmpeg muxer (hls, dash, smoothstreaming, f4m) writes a
+# playlist or manifest plus segment files.
+MULTI_FILE_SUFFIXES = frozenset({".m3u8", ".m3u", ".mpd", ".ism", ".ismv", ".f4m"})
 
 REDACTED = "REDACTED"
 
@@ -45,9 +49,6 @@ _SECRET_PREFIXES = ("x-amz-", "x-goog-")
 # Cloud metadata services answer on link-local addresses; a source URL there
 # would hand the encoder's own credentials to whoever submitted the job.
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
-_METADATA_NETWORKS = (ipaddress.ip_network("169.254.0.0/16"),
-                      ipaddress.ip_network("fe80::/10"),
-                      ipaddress.ip_network("fd00:ec2::254/128"))
 
 Checker = Callable[[urllib.parse.SplitResult, str, Settings], None]
 
@@ -110,38 +111,67 @@ def _check_file(parts: urllib.parse.SplitResult, field: str, settings: Settings)
     _file_path(parts, settings.file_root_paths, field)
 
 
-def _is_metadata_address(host: str) -> bool:
-    host = host.rstrip(".")
+def _literal_address(host: str):
+    """The address `host` spells, in any form a resolver reads, or None for a name."""
+    host = host.rstrip(".").strip("[]")
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
         try:
             # inet_aton also reads the forms a resolver accepts for IPv4
             # ("2852039166", "0xa9.0xfe.0xa9.0xfe", "169.254.43518").
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return host.lower() in _METADATA_HOSTS
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in _METADATA_NETWORKS
-               if network.version == address.version)
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, UnicodeError, ValueError):
+            return None
+
+
+def _is_metadata_address(host: str) -> bool:
+    address = _literal_address(host)
+    if address is None:
+        return host.rstrip(".").lower() in _METADATA_HOSTS
+    return is_metadata_address(address)
 
 
 def _check_http(parts: urllib.parse.SplitResult, field: str, settings: Settings) -> None:
+    # Parsed by the code that will send to it, so what is accepted can be opened.
+    from core.outbound import OutboundError, parse_target
+
     if not parts.hostname:
         raise ValidationError(f"{field}: an http(s) URL needs a host")
     try:
         parts.port
     except ValueError:
         raise ValidationError(f"{field}: the URL's port is not valid") from None
+    try:
+        target = parse_target(parts.geturl())
+    except OutboundError as exc:
+        raise ValidationError(f"{field}: {exc}") from None
     if _is_metadata_address(parts.hostname):
         raise ValidationError(f"{field}: link-local and cloud metadata addresses are refused")
+    address = _literal_address(target.host)
+    # A name is checked when it is resolved, just before each connection.
+    if address is not None and not Reach(settings).allows(address, target.port):
+        raise ValidationError(f"{field}: {REFUSED_MESSAGE}")
 
 
 def _check_s3(parts: urllib.parse.SplitResult, field: str, settings: Settings) -> None:
     from core.storage.s3 import parse_s3_uri
 
     parse_s3_uri(parts.geturl(), field)
+    # On AWS the machines have their instance roles; on one machine a job
+    # without credentials would only fail later, delivery after delivery.
+    if settings.backend == "local" and not _has_aws_credentials():
+        raise ValidationError(f"{field}: no AWS credentials on this machine for s3:// URIs "
+                              "(set them up as for the AWS CLI, or use file:// or https://)")
+
+
+def _has_aws_credentials() -> bool:
+    import boto3
+
+    try:
+        return boto3.session.Session().get_credentials() is not None
+    except Exception:  # noqa: BLE001 - a broken credential setup counts as none
+        return False
 
 
 SOURCE_CHECKS: dict[str, Checker] = {
@@ -177,8 +207,19 @@ def check_source(uri: object, settings: Settings, field: str = "source_path") ->
 
 
 def check_destination(uri: object, settings: Settings, field: str = "dest_path") -> str:
-    """Return `uri` if it may be a job's destination; else raise ValidationError naming `field`."""
-    return _check(uri, field, settings, DESTINATION_CHECKS)
+    """Return `uri` if it may be a job's destination; else raise ValidationError naming `field`.
+
+    Destinations whose muxer (picked by the extension) writes several files,
+    a playlist or manifest and its segments, are refused: only one output
+    file is uploaded, so the segments would be lost.
+    """
+    checked = _check(uri, field, settings, DESTINATION_CHECKS)
+    suffix = os.path.splitext(urllib.parse.urlsplit(checked).path)[1].lower()
+    if suffix in MULTI_FILE_SUFFIXES:
+        raise ValidationError(f"{field}: a {suffix} destination is written as several files "
+                              "(a playlist and its segments); only single-file outputs are "
+                              "supported")
+    return checked
 
 
 def check_notify_url(uri: object, settings: Settings, field: str = "notify_url") -> str:

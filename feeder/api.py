@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import importlib.metadata
-import ipaddress
 import json
 import logging
 import re
@@ -43,9 +42,12 @@ from core.backends import Backends, open_backends
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound, ValidationError)
 from core.jobs import Job, JobState
+from core.options import check_output_caps
+from core.reach import listen_refusal
 from core.presets import listing as preset_listing, options_to_run
 from core.settings import Settings, load
 from feeder import dashboard, metrics as system_metrics, openapi
+from feeder.waitress_json import answer_errors_as_json
 
 # Named explicitly: run as `python -m feeder.api`, __name__ is "__main__".
 log = logging.getLogger("feeder.api")
@@ -143,11 +145,34 @@ def read_json_body(request: bottle.BaseRequest, max_bytes: int) -> object:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
-        return json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
+        parsed = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "the request body is not UTF-8 JSON") from None
     except (ValueError, RecursionError):
         raise ApiError(400, "the request body is not valid JSON") from None
+    if not _valid_unicode(parsed):
+        # "\ud800" is valid JSON but no character: it cannot be stored,
+        # logged or sent on, so it is refused here, wherever it is.
+        raise ApiError(400, "the request body contains invalid Unicode (a lone surrogate escape)")
+    return parsed
+
+
+def _valid_unicode(value: object) -> bool:
+    """True when no string in `value` (keys included) holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 class _Guard:
@@ -225,6 +250,7 @@ class _Routes:
             notify_url = None
         sent = body.get("job_options")
         options = options_to_run(sent)
+        check_output_caps(options, self.settings.max_frame_pixels, self.settings.max_frame_rate)
         job = self.backends.jobs.submit(source, destination, options, notify_url,
                                         sent_options=sent)
         log.info("job %s submitted", job.id)
@@ -384,25 +410,6 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     return app
 
 
-def is_loopback(host: str) -> bool:
-    """True when `host` (an address or "localhost") only accepts local connections."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def listen_refusal(settings: Settings) -> str | None:
-    """Why the API must not start with `settings`, or None when it may."""
-    if not is_loopback(settings.api_host) and not settings.api_token:
-        return (f"refusing to listen on {settings.api_host}: it is reachable from other "
-                "machines and no api_token is set. Set api_token (clients then send "
-                "'Authorization: Bearer <token>') or listen on 127.0.0.1.")
-    return None
-
-
 def _stop_on_sigterm(signum, frame) -> None:
     # waitress's loop ends on SystemExit and lets its worker threads finish.
     raise SystemExit(0)
@@ -437,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             # The app answers oversize bodies with JSON; this bound only stops
             # waitress from buffering absurd ones before the app sees them.
             max_request_body_size=max(1024 * 1024, 16 * settings.max_request_bytes))
+        answer_errors_as_json(server)
     except OSError as exc:
         backends.close()
         print(f"nommer-api: cannot listen on {settings.api_host}:{settings.api_port}: "

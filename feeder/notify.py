@@ -9,19 +9,18 @@ Wire format (kept from media-nommer's feederd, which applications rely on):
     unique_id=<job id>&job_state=<STATE>&job_state_details=<text>
 
 The receiver's answer is only logged. Failures become NotifyError, so the
-caller decides whether to try again.
+caller decides whether to try again. The request itself goes through
+core.outbound: the receiver's address is resolved once and checked against
+the reach policy, and so is every redirect hop.
 """
 from __future__ import annotations
 
-import http.client
 import logging
-import socket
-import ssl
-import threading
 import time
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode
 
-from core.errors import NommerError
+from core.outbound import OutboundError, Target, open_hop, parse_target, redirect_target
+from core.reach import Reach
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ CONTENT_TYPE = "application/x-www-form-urlencoded"
 # The answer is only logged, so a receiver cannot make us read megabytes.
 MAX_ANSWER_BYTES = 4096
 MAX_REDIRECTS = 3
-_SCHEMES = ("http", "https")
+DEFAULT_CONNECT_TIMEOUT_S = 3.0
 # Redirects after which the same POST is sent again to the new location:
 # the notification only means something as this POST (a moved receiver, or
 # http -> https). 303 is not among them: it is the receiver saying "handled,
@@ -39,18 +38,13 @@ _RESEND_ON = frozenset({301, 302, 307, 308})
 _DELIVERED_ON_SEE_OTHER = 303
 
 
-class NotifyError(NommerError):
+class NotifyError(OutboundError):
     """The receiver did not take the notification.
 
     `retryable` is False when sending again cannot help (a URL that is not
-    http(s), carries credentials or cannot be parsed). `status` is the
-    receiver's HTTP status when it answered, else None.
+    http(s), carries credentials, cannot be parsed, or whose address is
+    refused). `status` is the receiver's HTTP status when it answered, else None.
     """
-
-    def __init__(self, message: str, retryable: bool = True, status: int | None = None):
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
 
 
 def form_body(job_id: str, state: str, details: str) -> bytes:
@@ -59,114 +53,79 @@ def form_body(job_id: str, state: str, details: str) -> bytes:
                       ("job_state_details", details or "")]).encode("ascii")
 
 
+def receiver_key(url: str) -> str:
+    """The receiver a URL names ("host:port"), for per-receiver limits; the
+    URL itself when it cannot be parsed."""
+    try:
+        target = parse_target(url)
+    except OutboundError:
+        return url
+    return f"{target.host}:{target.port}"
+
+
 def describe_url(url: str) -> str:
     """`url` without credentials, query string or fragment, fit for a log line."""
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
+        target = parse_target(url)
+    except OutboundError:
         return "<unparseable url>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    return f"{target.scheme}://{target.host_header}{target.request_uri.split('?')[0]}"
 
 
-def send_notification(url: str, job_id: str, state: str, details: str,
-                      timeout_s: float) -> None:
+def send_notification(url: str, job_id: str, state: str, details: str, timeout_s: float,
+                      reach: Reach | None = None,
+                      connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
     """POST the job's state to `url`; return once the receiver answered 2xx (or 303).
 
     `timeout_s` bounds the whole exchange, redirects included (a receiver
-    that trickles bytes is cut off too). Redirects are followed only to
-    http(s) URLs, at most MAX_REDIRECTS times. Raises NotifyError when the
-    URL is refused, the connection fails, the time runs out or the answer
-    is any other status.
+    that trickles bytes is cut off too); each connection attempt takes at
+    most `connect_timeout_s`. Redirects are followed only to http(s) URLs
+    the reach policy allows, at most MAX_REDIRECTS times. Raises NotifyError
+    when the URL or an address is refused, the connection fails, the time
+    runs out or the answer is any other status.
     """
+    if reach is None:
+        from core.settings import Settings
+        reach = Reach(Settings())
     body = form_body(job_id, state, details)
     deadline = time.monotonic() + timeout_s
-    target = url
-    for _ in range(MAX_REDIRECTS + 1):
-        status, location, answer = _post_once(target, body, deadline, timeout_s)
-        if 200 <= status < 300 or status == _DELIVERED_ON_SEE_OTHER:
-            log.info("job %s %s: notified %s, HTTP %d", job_id, state, describe_url(url), status)
-            log.debug("job %s %s: receiver answered %r", job_id, state, answer[:200])
-            return
-        if status not in _RESEND_ON or not location:
-            raise NotifyError(f"receiver answered HTTP {status}", status=status)
-        target = urljoin(target, location)
-        if urlsplit(target).scheme not in _SCHEMES:
-            raise NotifyError(f"receiver answered HTTP {status} with a redirect to a "
-                              f"non-http(s) URL; not followed", status=status)
-    raise NotifyError(f"more than {MAX_REDIRECTS} redirects", status=status)
-
-
-class _Target:
-    """The parts of an http(s) URL needed to send to it. Raises NotifyError (not retryable)."""
-
-    def __init__(self, url: str):
-        if any(ch <= " " or ch == "\x7f" for ch in url):
-            raise NotifyError("notify URL contains spaces or control characters", retryable=False)
-        try:
-            parts = urlsplit(url)
-            self.port = parts.port
-        except ValueError:
-            raise NotifyError("notify URL cannot be parsed", retryable=False) from None
-        if parts.scheme not in _SCHEMES:
-            raise NotifyError(f"notify URL scheme {parts.scheme!r} is not http or https",
-                              retryable=False)
-        if not parts.hostname:
-            raise NotifyError("notify URL has no host", retryable=False)
-        # URIs never carry credentials in this system: they would end up in logs.
-        if parts.username is not None or parts.password is not None:
-            raise NotifyError("notify URL carries credentials; refused", retryable=False)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    def connection(self, timeout_s: float) -> http.client.HTTPConnection:
-        if self.https:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout_s,
-                                               context=ssl.create_default_context())
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
-
-
-def _post_once(url: str, body: bytes, deadline: float,
-               timeout_s: float) -> tuple[int, str | None, bytes]:
-    """One POST: (status, Location header or None, first bytes of the answer)."""
-    target = _Target(url)
-    remaining_s = deadline - time.monotonic()
-    if remaining_s <= 0:
-        raise NotifyError(f"no answer within {timeout_s:g} s")
-    conn = target.connection(remaining_s)
-    # The socket timeout bounds each read, not the sum of them; the watchdog
-    # shuts the socket at the deadline so a trickling receiver is cut off too.
-    expired = threading.Event()
-    watchdog = threading.Timer(remaining_s, _cut_off, args=(conn, expired))
-    watchdog.daemon = True
-    watchdog.start()
     try:
-        conn.request("POST", target.path, body=body, headers={
-            "User-Agent": USER_AGENT, "Content-Type": CONTENT_TYPE, "Connection": "close"})
-        response = conn.getresponse()
-        answer = response.read(MAX_ANSWER_BYTES)
-        if expired.is_set():
-            # The cut-off socket reads as a short, seemingly complete answer.
-            raise NotifyError(f"no answer within {timeout_s:g} s")
-        return response.status, response.getheader("Location"), answer
-    except (OSError, http.client.HTTPException) as exc:
-        if expired.is_set() or isinstance(exc, TimeoutError):
+        target = parse_target(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            status, location = _post_once(target, body, reach, deadline, timeout_s,
+                                          connect_timeout_s)
+            if 200 <= status < 300 or status == _DELIVERED_ON_SEE_OTHER:
+                log.info("job %s %s: notified %s, HTTP %d", job_id, state, describe_url(url),
+                         status)
+                return
+            if status not in _RESEND_ON:
+                raise NotifyError(f"receiver answered HTTP {status}", status=status)
+            try:
+                target = redirect_target(target, location)
+            except OutboundError as exc:
+                raise NotifyError(f"receiver answered HTTP {status}; {exc}; not followed",
+                                  retryable=False, status=status) from None
+        raise NotifyError(f"more than {MAX_REDIRECTS} redirects", status=status)
+    except NotifyError:
+        raise
+    except OutboundError as exc:
+        raise NotifyError(f"receiver {exc}", retryable=exc.retryable, status=exc.status) from None
+
+
+def _post_once(target: Target, body: bytes, reach: Reach, deadline: float, timeout_s: float,
+               connect_timeout_s: float) -> tuple[int, str | None]:
+    """One POST: (status, Location header or None)."""
+    if deadline - time.monotonic() <= 0:
+        raise NotifyError(f"no answer within {timeout_s:g} s")
+    try:
+        with open_hop(target, reach, method="POST", body=body,
+                      headers={"User-Agent": USER_AGENT, "Content-Type": CONTENT_TYPE},
+                      connect_timeout_s=connect_timeout_s, read_timeout_s=timeout_s,
+                      deadline=deadline) as exchange:
+            answer = exchange.read(MAX_ANSWER_BYTES)
+            log.debug("receiver answered %r", answer[:200])
+            return exchange.status, exchange.header("Location")
+    except OutboundError:
+        if time.monotonic() >= deadline:
             raise NotifyError(f"no answer within {timeout_s:g} s") from None
-        raise NotifyError(f"{type(exc).__name__}: {exc}") from None
-    except ValueError as exc:  # a host name that cannot be encoded (IDNA)
-        raise NotifyError(f"notify URL refused: {exc}", retryable=False) from None
-    finally:
-        watchdog.cancel()
-        conn.close()
-
-
-def _cut_off(conn: http.client.HTTPConnection, expired: threading.Event) -> None:
-    expired.set()
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed: the exchange ended on its own
+        raise

@@ -18,12 +18,21 @@ hidden until after it, so they do not overtake it. Only this process knows
 that, so across a restart the order is kept as far as the queue allows.
 
 All store and queue calls are made by the thread running the loop; the
-pool's threads only send HTTP, so a slow receiver holds up no one else.
+pool's threads only send HTTP, so a slow receiver holds up no one else. At
+most settings.notify_per_receiver sends go to one receiver (host and port)
+at once; a job whose receiver is busy is put back in the queue for a moment
+(BUSY_RECEIVER_DEFER_S), so receivers that hang can neither take every
+thread nor fill the changes held in memory.
+
+Whatever a send raises settles it like a failed delivery: retried, then
+given up, and the give-up is written into the job's details once it has
+ended. Nothing a receiver or a URL does stops the loop.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import collections
 import dataclasses
 import logging
 import sys
@@ -34,10 +43,11 @@ from core.backends import Backends, open_backends
 from core.daemon import configure_logging, run_until_signalled
 from core.errors import BackendError, ConflictError, NommerError, NotFound, ValidationError
 from core.interfaces import Message
-from core.jobs import utcnow
+from core.jobs import MAX_DETAILS_CHARS, utcnow
 from core.jobservice import StateChange
+from core.reach import Reach
 from core.settings import Settings, load
-from feeder.notify import NotifyError, describe_url, send_notification
+from feeder.notify import NotifyError, describe_url, receiver_key, send_notification
 
 log = logging.getLogger("feeder.scheduler")
 
@@ -47,9 +57,15 @@ IDLE_WAIT_S = 1.0
 # While sends are in flight the loop waits for them, not the queue, and
 # looks at the queue at least this often.
 BUSY_WAIT_S = 0.2
-SENDER_THREADS = 8
-# Changes kept in memory at once (sending or waiting their turn); the rest
-# stay in the queue, where a crash cannot lose them.
+# Sends in flight at once, whatever their receivers: hung receivers hold a
+# thread each until notify_timeout_s, so there are many more threads than
+# one receiver may use.
+SENDER_THREADS = 32
+# A job whose receiver already has its share of sends comes back this long later.
+BUSY_RECEIVER_DEFER_S = 1.0
+# Changes kept in memory at once (sending or waiting their turn), besides those
+# of jobs with a send in flight; the rest stay in the queue, where a crash
+# cannot lose them.
 MAX_HELD = 40
 BACKOFF_CAP_S = 60.0
 # A job's later changes come back this long after its change being retried,
@@ -79,6 +95,7 @@ class _Held:
 class _Sending:
     held: _Held
     url: str
+    receiver: str
     future: concurrent.futures.Future
 
 
@@ -132,6 +149,11 @@ class Scheduler:
         self._waiting: dict[str, list[_Held]] = {}  # by job id, lowest version first
         self._sending: dict[str, _Sending] = {}     # by job id, at most one each
         self._retrying: dict[str, _Retry] = {}      # by job id
+        self._per_receiver: collections.Counter[str] = collections.Counter()
+        # Deliveries of a change that only waited for its busy receiver (by
+        # message id): they are not failures, so they do not lengthen backoff.
+        self._busy_waits: collections.Counter[str] = collections.Counter()
+        self._reach = Reach(settings)
         self._next_prune_at = 0.0  # time.monotonic(); 0 prunes at start
         self._backend_backoff_s = 1.0
 
@@ -160,10 +182,16 @@ class Scheduler:
         except BackendError as exc:
             log.warning("backend failed: %s; trying again in %.0f s",
                         exc, self._backend_backoff_s)
-            self._sleep(self._backend_backoff_s)
-            self._backend_backoff_s = min(self._backend_backoff_s * 2, BACKEND_BACKOFF_CAP_S)
+            self._back_off()
+        except Exception:  # a bug must not end notifications for everyone
+            log.exception("unexpected failure; trying again in %.0f s", self._backend_backoff_s)
+            self._back_off()
         else:
             self._backend_backoff_s = 1.0
+
+    def _back_off(self) -> None:
+        self._sleep(self._backend_backoff_s)
+        self._backend_backoff_s = min(self._backend_backoff_s * 2, BACKEND_BACKOFF_CAP_S)
 
     # --- receive ---
 
@@ -176,7 +204,11 @@ class Scheduler:
                 [s.future for s in self._sending.values()], timeout=BUSY_WAIT_S,
                 return_when=concurrent.futures.FIRST_COMPLETED)
             wait_s = 0.0
-        room = MAX_HELD - len(self._held)
+        # Changes queued behind a send in flight do not count: they are few
+        # per job, and those jobs are at most SENDER_THREADS; so receivers
+        # that hang cannot keep other jobs' changes out.
+        behind_sends = sum(1 for h in self._held.values() if h.change.job_id in self._sending)
+        room = MAX_HELD - (len(self._held) - behind_sends)
         if room <= 0:
             return
         for message in self._queue.receive(max_messages=min(BATCH_MAX, room), wait_s=wait_s):
@@ -240,15 +272,45 @@ class Scheduler:
                 self._done(held)
             elif not job.notify_url:
                 self._done(held)
+            elif not self._has_room(receiver_key(job.notify_url)):
+                lane.insert(0, held)
+                self._busy_waits[held.message_id] += 1
+                self._defer_lane(job_id, BUSY_RECEIVER_DEFER_S)
+                return
             else:
                 self._jobs.metrics.add("notification_attempts_total")
-                future = self._pool.submit(
-                    send_notification, job.notify_url, job_id, held.change.state,
-                    held.change.state_details, self._settings.notify_timeout_s)
-                self._sending[job_id] = _Sending(held, job.notify_url, future)
+                self._send(held, job.notify_url)
                 break
         if not lane:
             del self._waiting[job_id]
+
+    def _has_room(self, receiver: str) -> bool:
+        return (len(self._sending) < SENDER_THREADS
+                and self._per_receiver[receiver] < self._settings.notify_per_receiver)
+
+    def _send(self, held: _Held, url: str) -> None:
+        settings = self._settings
+        receiver = receiver_key(url)
+        future = self._pool.submit(
+            send_notification, url, held.change.job_id, held.change.state,
+            held.change.state_details, settings.notify_timeout_s, self._reach,
+            settings.outbound_connect_timeout_s)
+        self._per_receiver[receiver] += 1
+        self._sending[held.change.job_id] = _Sending(held, url, receiver, future)
+
+    def _defer_lane(self, job_id: str, delay_s: float) -> None:
+        """Hide the job's waiting changes: the first for `delay_s`, the later
+        ones a little longer, so they come back in order."""
+        lane = self._waiting.pop(job_id, [])
+        if not lane:
+            return
+        first, later = lane[0], lane[1:]
+        self._forget(first)
+        self._hide(first.receipt, delay_s)
+        self._retrying[job_id] = _Retry(first.message_id, time.monotonic() + delay_s)
+        for held in later:
+            self._forget(held)
+            self._hide(held.receipt, delay_s + DEFER_MARGIN_S)
 
     # --- settle ---
 
@@ -256,6 +318,9 @@ class Scheduler:
         for job_id, sending in list(self._sending.items()):
             if sending.future.done():
                 del self._sending[job_id]
+                self._per_receiver[sending.receiver] -= 1
+                if self._per_receiver[sending.receiver] <= 0:
+                    del self._per_receiver[sending.receiver]
                 self._settle(sending)
 
     def _settle(self, sending: _Sending) -> None:
@@ -263,6 +328,12 @@ class Scheduler:
             sending.future.result()
         except NotifyError as exc:
             self._after_failure(sending.held, sending.url, exc)
+        except Exception as exc:  # noqa: BLE001 - any failure settles this notification only
+            log.error("job %s %s: notification failed unexpectedly (%s)",
+                      sending.held.change.job_id, sending.held.change.state,
+                      type(exc).__name__, exc_info=exc)
+            self._after_failure(sending.held, sending.url,
+                                NotifyError("the notification could not be sent"))
         else:
             self._done(sending.held)
 
@@ -275,19 +346,33 @@ class Scheduler:
             self._jobs.metrics.add("notification_give_ups_total")
             log.warning("job %s %s: notification to %s given up after %.0f s: %s",
                         change.job_id, change.state, describe_url(url), age_s, exc)
+            self._record_give_up(change, exc)
             self._done(held)
             return
-        delay_s = retry_delay_s(held.receive_count, left_s)
+        failures = held.receive_count - self._busy_waits[held.message_id]
+        delay_s = retry_delay_s(failures, left_s)
         log.warning("job %s %s: notification to %s failed: %s; retrying in %.1f s",
                     change.job_id, change.state, describe_url(url), exc, delay_s)
-        self._forget(held)
-        self._hide(held.receipt, delay_s)
-        self._retrying[change.job_id] = _Retry(held.message_id, time.monotonic() + delay_s)
-        for later in self._waiting.pop(change.job_id, []):
-            self._forget(later)
-            self._hide(later.receipt, delay_s + DEFER_MARGIN_S)
+        self._waiting.setdefault(change.job_id, []).insert(0, held)
+        self._defer_lane(change.job_id, delay_s)
+
+    def _record_give_up(self, change: StateChange, exc: NotifyError) -> None:
+        """Add the give-up to the job's details, once the job has ended: a
+        write to a job an encoder still holds would take it from the encoder."""
+        note = f"notification of {change.state} given up: {exc}"
+        try:
+            job = self._store.get_job(change.job_id)
+            if not job.is_terminal or note in job.state_details:
+                return
+            details = f"{job.state_details}\n{note}" if job.state_details else note
+            self._store.update_job(dataclasses.replace(
+                job, state_details=details[-MAX_DETAILS_CHARS:]), job.version)
+        except (NotFound, ConflictError, BackendError) as exc_store:
+            log.warning("job %s: could not record the notification give-up: %s",
+                        change.job_id, exc_store)
 
     def _done(self, held: _Held) -> None:
+        self._busy_waits.pop(held.message_id, None)
         self._forget(held)
         self._delete(held.receipt)
 

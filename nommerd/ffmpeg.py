@@ -10,15 +10,23 @@ ffmpeg runs without a shell, in its own process group, so `cancel` can kill
 it from another thread without touching the daemon. On Linux it also gets
 SIGKILL when the thread that started it dies, so an encoder killed outright
 leaves no orphan ffmpeg behind burning a core.
+
+Options and media are hostile, so each pass runs within EncodeLimits: a
+wall-clock limit relative to the source's duration, an output-size cap
+checked while ffmpeg writes, and an address-space cap (RLIMIT_AS). A pass
+stopped by a limit fails with a MediaError that names the limit's setting.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import os
 import re
+import resource
+import shutil
 import signal
 import subprocess
 import threading
@@ -44,6 +52,33 @@ _NULL_OUTPUT = "/dev/null"
 
 
 _PR_SET_PDEATHSIG = 1
+# A source whose duration is unknown gets the time limit of one this long.
+UNKNOWN_DURATION_S = 3600.0
+_LIMIT_TICK_S = 0.25
+# How ffmpeg and its libraries say an allocation failed (ENOMEM, x264's own words).
+_OUT_OF_MEMORY = ("Cannot allocate memory", "malloc of size", "Out of memory", "bad_alloc")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeLimits:
+    """Limits on each ffmpeg pass; 0 means no limit."""
+
+    time_factor: float = 0.0      # wall-clock seconds per second of source
+    time_base_s: float = 0.0      # plus this many seconds
+    max_output_bytes: int = 0
+    max_memory_bytes: int = 0     # RLIMIT_AS of the ffmpeg process
+    min_free_bytes: int = 0       # on the output's disk, while ffmpeg writes
+
+    @classmethod
+    def from_settings(cls, settings) -> "EncodeLimits":
+        return cls(settings.encode_time_factor, settings.encode_time_base_s,
+                   settings.max_output_bytes, settings.ffmpeg_max_memory_bytes,
+                   settings.min_free_bytes)
+
+    def time_limit_s(self, duration_s: float | None) -> float | None:
+        if not self.time_factor and not self.time_base_s:
+            return None
+        return self.time_base_s + self.time_factor * (duration_s or UNKNOWN_DURATION_S)
 
 
 @functools.cache
@@ -55,10 +90,12 @@ def _prctl():
         return None
 
 
-def _die_with_parent(prctl=None) -> None:
-    # Runs in the child between fork and exec: a single C call, no locks.
+def _die_with_parent(prctl=None, max_memory_bytes: int = 0) -> None:
+    # Runs in the child between fork and exec: single C calls, no locks.
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if max_memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory_bytes, max_memory_bytes))
 
 
 class EncodeCancelled(NommerError):
@@ -123,12 +160,16 @@ def _seek_in_seconds(pairs: list, duration_s: float | None) -> list:
 
 def build_pass_argvs(ffmpeg: str, job_options: dict, source_path: str, demuxer: str,
                      output_path: str, work_dir: str,
+                     tolerate_decode_errors: bool = False,
                      duration_s: float | None = None) -> list[list[str]]:
     """One argv per pass of `job_options` (the original's wire form).
 
     With two passes, pass 1 writes to the null muxer and both share a pass
-    log in `work_dir`. `duration_s` (the source's) turns a seek given in
-    percent into seconds. Raises MediaError for an unusable pass list.
+    log in `work_dir`. Unless `tolerate_decode_errors`, ffmpeg stops at the
+    first error (-xerror): a truncated or corrupt source fails the job
+    instead of ending with a short output. `duration_s` (the source's) turns
+    a seek given in percent into seconds. Raises MediaError for an unusable
+    pass list.
     """
     passes = job_options.get("options") or []
     if len(passes) not in (1, 2):
@@ -136,6 +177,8 @@ def build_pass_argvs(ffmpeg: str, job_options: dict, source_path: str, demuxer: 
     argvs = []
     for number, options in enumerate(passes, start=1):
         argv = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1"]
+        if not tolerate_decode_errors:
+            argv.append("-xerror")
         argv += _flags(_seek_in_seconds(options.get("infile_options") or [], duration_s))
         argv += ["-protocol_whitelist", "file", "-f", demuxer, "-i", source_path]
         argv += _flags(options.get("outfile_options") or [])
@@ -202,13 +245,18 @@ class FFmpegRunner:
     EncodeCancelled at once.
     """
 
-    def __init__(self, progress_interval_ms: int = 1000, replacements: dict[str, str] | None = None):
+    def __init__(self, progress_interval_ms: int = 1000, replacements: dict[str, str] | None = None,
+                 limits: EncodeLimits | None = None):
         self.progress_interval_ms = progress_interval_ms
+        self.limits = limits or EncodeLimits()
+        self._limit_hit: str | None = None
         # Local paths -> neutral names, so errors do not show this machine's layout.
         self.replacements = dict(replacements or {})
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
+        # Set by cancel(): a download for the same job watches it too.
+        self.stop_event = threading.Event()
 
     @property
     def cancelled(self) -> bool:
@@ -224,29 +272,39 @@ class FFmpegRunner:
         """Kill the running pass (SIGKILL to its group) and refuse later ones."""
         with self._lock:
             self._cancelled = True
+            self.stop_event.set()
             self._kill_locked()
 
     def run(self, argv: list[str], duration_s: float | None,
             on_progress: Callable[[int], None] | None = None,
-            span: tuple[int, int] = (0, 100)) -> None:
+            span: tuple[int, int] = (0, 100), output_path: str | None = None) -> None:
         """Run one pass to the end.
 
         `on_progress(percent)` gets increasing whole percents within `span`,
         at most every progress_interval_ms, plus the end of the span when the
         pass completes. Raises EncodeCancelled if cancelled, MediaError with
         the tail of stderr if ffmpeg fails; an exception from `on_progress`
-        kills ffmpeg and propagates.
+        kills ffmpeg and propagates. A pass that outruns the time limit for
+        `duration_s`, or whose `output_path` outgrows the size cap, is killed
+        and raises MediaError naming the limit.
         """
         with self._lock:
             if self._cancelled:
                 raise EncodeCancelled("encoding was stopped")
+            self._limit_hit = None
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True,
-                                        preexec_fn=functools.partial(_die_with_parent, _prctl()))
+                                        preexec_fn=functools.partial(
+                                            _die_with_parent, _prctl(),
+                                            self.limits.max_memory_bytes))
             except OSError as exc:
                 raise MediaError(f"ffmpeg could not be run: {exc.strerror or exc}") from None
             self._proc = proc
+        enforcer = threading.Thread(target=self._enforce_limits,
+                                    args=(proc, self.limits.time_limit_s(duration_s), output_path),
+                                    name=f"ffmpeg-{proc.pid}-limits", daemon=True)
+        enforcer.start()
         tail: collections.deque[bytes] = collections.deque(maxlen=STDERR_TAIL_LINES)
         drainer = threading.Thread(target=tail.extend, args=(proc.stderr,),
                                    name=f"ffmpeg-{proc.pid}-stderr", daemon=True)
@@ -260,13 +318,24 @@ class FFmpegRunner:
                 self._proc = None
             proc.wait()
             drainer.join(timeout=5)
+            enforcer.join(timeout=5)
             proc.stdout.close()
             proc.stderr.close()
         if self._cancelled:
             raise EncodeCancelled("encoding was stopped")
+        if self._limit_hit:
+            raise MediaError(self._limit_hit)
+        reason = self._output_limit(output_path)
+        if reason:
+            raise MediaError(reason)
         if returncode != 0:
             text = b"".join(tail).decode("utf-8", "replace")
-            raise MediaError(failure_reason(returncode, error_lines(text, self.replacements)))
+            reason = failure_reason(returncode, error_lines(text, self.replacements))
+            if self.limits.max_memory_bytes and any(sign in text for sign in _OUT_OF_MEMORY):
+                reason = (f"stopped by a limit: ffmpeg needed more than "
+                          f"{self.limits.max_memory_bytes} bytes of memory "
+                          f"(setting ffmpeg_max_memory_bytes); {reason}")
+            raise MediaError(reason)
 
     def _follow(self, proc: subprocess.Popen, parser: ProgressParser,
                 on_progress: Callable[[int], None] | None, span: tuple[int, int]) -> None:
@@ -284,8 +353,53 @@ class FFmpegRunner:
                 on_progress(percent)
                 last_percent, last_at = percent, now
 
+    def _enforce_limits(self, proc: subprocess.Popen, time_limit_s: float | None,
+                        output_path: str | None) -> None:
+        started = time.monotonic()
+        while proc.poll() is None:
+            time.sleep(_LIMIT_TICK_S)
+            reason = None
+            if time_limit_s is not None and time.monotonic() - started > time_limit_s:
+                reason = (f"stopped by a limit: the pass ran longer than {time_limit_s:.0f} s "
+                          "(settings encode_time_factor, encode_time_base_s)")
+            else:
+                reason = self._output_limit(output_path)
+            if reason:
+                with self._lock:
+                    self._limit_hit = reason
+                    self._kill_locked()
+                return
+
+    def _output_limit(self, output_path: str | None) -> str | None:
+        """Why the output breaks a limit now, or None. Checked while ffmpeg
+        writes, and once more after it ends (a pass may end between checks)."""
+        max_bytes = self.limits.max_output_bytes
+        if not output_path:
+            return None
+        if max_bytes and _size(output_path) > max_bytes:
+            return (f"stopped by a limit: the output grew beyond {max_bytes} bytes "
+                    "(setting max_output_bytes)")
+        if _free_bytes(output_path) < self.limits.min_free_bytes:
+            # The disk may also hold the job database: never fill it.
+            return "stopped by a limit: the work disk is nearly full (setting min_free_bytes)"
+        return None
+
     def _kill_locked(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(os.path.dirname(path) or ".").free
+    except OSError:
+        return 1 << 62  # cannot tell: do not stop the encode for it
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -23,8 +23,8 @@ from core.interfaces import Message, Storage
 from core.jobs import ACTIVE_STATES, Job, JobState, utcnow
 from core.errors import MediaError
 from core.settings import Settings
-from nommerd.ffmpeg import (EncodeCancelled, FFmpegRunner, build_pass_argvs, check_source,
-                            output_name)
+from nommerd.ffmpeg import (EncodeCancelled, EncodeLimits, FFmpegRunner, build_pass_argvs,
+                            check_source, output_name)
 
 log = logging.getLogger(__name__)
 
@@ -421,14 +421,15 @@ class Worker:
     def _work(self, held: HeldJob, message: Message) -> None:
         self.work_root.mkdir(parents=True, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix=f"{held.job.id}.", dir=self.work_root)
-        runner = FFmpegRunner(self.settings.progress_interval_ms, {work_dir + os.sep: ""})
+        runner = FFmpegRunner(self.settings.progress_interval_ms, {work_dir + os.sep: ""},
+                              EncodeLimits.from_settings(self.settings))
         watchdog = Watchdog(held, self.backends, message.receipt, runner, self.control,
                             self.settings, received_at=self._received_at)
         watchdog.start()
         self._held = (held, message)
         try:
             source = os.path.join(work_dir, "source")
-            self._download(held, source)
+            self._download(held, runner, source)
             output = self._encode(held, runner, source, work_dir)
             self._upload(held, output)
             held.advance(JobState.FINISHED)
@@ -444,15 +445,28 @@ class Worker:
             log.error("job %s: gave it up for now: %s", held.job.id, exc)
         except Exception as exc:
             log.exception("job %s: unexpected failure", held.job.id)
-            self._fail(held, message, str(exc) or type(exc).__name__)
+            # Python's own texts ("'utf-8' codec can't decode byte ...") mean
+            # nothing to a client, and may quote local data: the log has them.
+            self._fail(held, message, f"internal error on the encoder ({type(exc).__name__}); "
+                                      "its log has the details")
         finally:
             self._held = None
             runner.cancel()
             watchdog.stop()
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    def _download(self, held: HeldJob, source: str) -> None:
-        size = self.storage.download(held.job.source, source, self.settings.max_source_bytes)
+    def _download(self, held: HeldJob, runner: FFmpegRunner, source: str) -> None:
+        free_bytes = shutil.disk_usage(os.path.dirname(source)).free
+        if free_bytes < self.settings.min_free_bytes:
+            raise MediaError(f"stopped by a limit: only {free_bytes} bytes free for work files "
+                             "(setting min_free_bytes)")
+        try:
+            size = self.storage.download(held.job.source, source, self.settings.max_source_bytes,
+                                         stop=runner.stop_event)
+        except StorageError:
+            if runner.cancelled:  # cancelled, lost or released: not the source's fault
+                raise EncodeCancelled("the download was stopped") from None
+            raise
         log.info("job %s: downloaded %d bytes", held.job.id, size)
         self.jobs.metrics.add("download_bytes_total", size)
         self._check_release(held)
@@ -462,7 +476,8 @@ class Worker:
         info = check_source(self.ffmpeg, source)
         output = os.path.join(work_dir, output_name(held.job.destination))
         argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output,
-                                 work_dir, duration_s=info.duration_s)
+                                 work_dir, self.settings.tolerate_decode_errors,
+                                 duration_s=info.duration_s)
 
         def on_progress(percent: int) -> None:
             if not held.heartbeat(progress=percent):
@@ -471,7 +486,7 @@ class Worker:
         for number, argv in enumerate(argvs):
             span = (100 * number // len(argvs), 100 * (number + 1) // len(argvs))
             log.info("job %s: pass %d of %d", held.job.id, number + 1, len(argvs))
-            runner.run(argv, info.duration_s, on_progress, span)
+            runner.run(argv, info.duration_s, on_progress, span, output_path=output)
         self._check_release(held)
         return output
 

@@ -115,6 +115,12 @@ class ApiClient:
     def health(self) -> dict:
         return self.call("GET", "/health")
 
+    def cancel(self, job_id: str) -> dict:
+        answer = self._request("POST", f"/jobs/{job_id}/cancel")
+        if not answer.get("success"):
+            raise NommerError(answer.get("message", "cancel refused"))
+        return answer["job"]
+
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -169,6 +175,14 @@ def api_client(settings, args=None) -> ApiClient:
 
 def cmd_run(args, settings) -> int:
     from core.app.launcher import exec_supervisord
+    from core.reach import listen_refusal
+
+    # Refused here, in the foreground: under supervisord the API would only
+    # crash-loop while this command seemed to run.
+    refusal = listen_refusal(settings)
+    if refusal:
+        print(f"nommer run: {refusal}", file=sys.stderr)
+        return 2
 
     print(f"media-nommer: API on http://{settings.api_host}:{settings.api_port}, "
           f"data in {settings.data_path.resolve()}; Ctrl-C stops everything", flush=True)

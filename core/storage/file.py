@@ -43,7 +43,7 @@ class FileStorage(Storage):
     def check_destination(self, uri: str) -> None:
         self.path_of(uri, "destination")
 
-    def download(self, uri: str, local_path: str, max_bytes: int) -> int:
+    def download(self, uri: str, local_path: str, max_bytes: int, stop=None) -> int:
         """Copy the file to `local_path`. Raises StorageError if it is missing,
         outside the roots, not a regular file, or larger than `max_bytes`."""
         path = self._checked(uri, "source")
@@ -61,7 +61,7 @@ class FileStorage(Storage):
                 if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
                     raise StorageError(f"source {uri} is not a regular file")
                 with open(local_path, "wb") as writer:
-                    return copy_limited(reader, writer, max_bytes, uri)
+                    return copy_limited(reader, writer, max_bytes, uri, stop)
         except OSError as exc:
             raise StorageError(f"reading source {uri} failed: {exc.strerror or exc}") from None
 

@@ -6,6 +6,7 @@ added by registering one more Storage.
 """
 from __future__ import annotations
 
+import threading
 import urllib.parse
 
 from core.errors import StorageError, ValidationError
@@ -50,8 +51,9 @@ class StorageRouter(Storage):
                                   f"use one of {', '.join(self.schemes)}")
         return storage
 
-    def download(self, uri: str, local_path: str, max_bytes: int) -> int:
-        return self._for_transfer(uri).download(uri, local_path, max_bytes)
+    def download(self, uri: str, local_path: str, max_bytes: int,
+                 stop: threading.Event | None = None) -> int:
+        return self._for_transfer(uri).download(uri, local_path, max_bytes, stop=stop)
 
     def upload(self, local_path: str, uri: str) -> None:
         self._for_transfer(uri).upload(local_path, uri)
@@ -68,5 +70,5 @@ def storage_for(settings: Settings) -> StorageRouter:
     http(s):// reads, and s3:// with credentials from boto3's standard chain."""
     from core.storage.s3 import S3Storage
 
-    return StorageRouter([FileStorage(settings.file_root_paths), HttpStorage(),
+    return StorageRouter([FileStorage(settings.file_root_paths), HttpStorage.from_settings(settings),
                           S3Storage.from_settings(settings)])

@@ -84,6 +84,18 @@ def _is_ip_address(name: str) -> bool:
     return True
 
 
+def _stopper(uri: str, stop):
+    """An s3transfer progress callback that ends the transfer once `stop` is set
+    (the job was cancelled or its lease lost), or None when nothing can stop it."""
+    if stop is None:
+        return None
+
+    def on_progress(_bytes: int) -> None:
+        if stop.is_set():
+            raise StorageError(f"reading source {uri} was stopped")
+    return on_progress
+
+
 def _refusal(exc: botocore.exceptions.ClientError, role: str, uri: str) -> StorageError | None:
     """The StorageError for an S3 answer that retrying cannot change, else None."""
     code = error_code(exc)
@@ -130,14 +142,15 @@ class S3Storage(Storage):
     def check_destination(self, uri: str) -> None:
         parse_s3_uri(uri, "destination")
 
-    def download(self, uri: str, local_path: str, max_bytes: int) -> int:
+    def download(self, uri: str, local_path: str, max_bytes: int, stop=None) -> int:
         """Copy the object into `local_path`; returns bytes written.
 
         Through s3transfer: an object above the multipart threshold comes in
         ranged GETs of `multipart_chunk_bytes`, `max_concurrency` at a time;
         a connection reset mid-way fetches that range again, not the whole
         object; every range is asked for with the ETag first seen (IfMatch),
-        so a replaced object cannot be stitched from two versions.
+        so a replaced object cannot be stitched from two versions. `stop`
+        (a threading.Event), once set, ends the transfer at its next chunk.
 
         Raises StorageError if the URI is refused, the object or bucket does
         not exist, access is denied, or it holds more than `max_bytes`;
@@ -149,7 +162,8 @@ class S3Storage(Storage):
                 size = int(self._client.head_object(Bucket=bucket, Key=key)["ContentLength"])
                 if size > max_bytes:
                     raise StorageError(f"source {uri} is larger than the limit of {max_bytes} bytes")
-                self._client.download_file(bucket, key, local_path, Config=self._transfer_config)
+                self._client.download_file(bucket, key, local_path, Config=self._transfer_config,
+                                           Callback=_stopper(uri, stop))
             except botocore.exceptions.ClientError as exc:
                 if error_code(exc) in _MISSING_CODES and not self._bucket_exists(bucket):
                     raise StorageError(f"source bucket of {uri} does not exist") from None
@@ -161,6 +175,8 @@ class S3Storage(Storage):
         if written > max_bytes:  # replaced by a larger object between the two reads
             os.unlink(local_path)
             raise StorageError(f"source {uri} is larger than the limit of {max_bytes} bytes")
+        if written != size:
+            raise StorageError(f"source {uri} ended after {written} of {size} bytes")
         return written
 
     def upload(self, local_path: str, uri: str) -> None:

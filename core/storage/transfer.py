@@ -12,10 +12,13 @@ def display(uri: str) -> str:
     return redact(uri) or ""
 
 
-def copy_limited(reader, writer, max_bytes: int, uri: str) -> int:
-    """Copy until EOF; raise StorageError as soon as more than `max_bytes` came."""
+def copy_limited(reader, writer, max_bytes: int, uri: str, stop=None) -> int:
+    """Copy until EOF; raise StorageError as soon as more than `max_bytes`
+    came, or when the threading.Event `stop` is set."""
     total = 0
     while True:
+        if stop is not None and stop.is_set():
+            raise StorageError(f"reading source {display(uri)} was stopped")
         chunk = reader.read(CHUNK_BYTES)
         if not chunk:
             return total

@@ -42,6 +42,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
         created_at, job_id = data["c"], data["i"]
+        created_at.encode("utf-8"), job_id.encode("utf-8")  # no lone surrogates
     except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError, AttributeError):
         raise ValidationError("bad cursor") from None
     if not isinstance(created_at, str) or not isinstance(job_id, str):

@@ -345,6 +345,23 @@ def test_queue_failure_is_backed_off_and_stop_still_prompt(tmp_path, caplog):
         broken.close()
 
 
+def test_unsendable_urls_are_given_up_and_later_jobs_still_notified(receiver, backends,
+                                                                    schedulers):
+    proc = schedulers.start(notify_retry_for_s=2)
+    # Stored as they are (not through the API): whatever a store holds must
+    # not stop the scheduler.
+    for url in ("http://[2001:db8::cafe]/done", "http://[bad/x", "ftp://x/y", "not a url",
+                "http://example.invalid:99999/"):
+        submit(backends, url)
+    good = submit(backends, receiver.url("/ok"))
+
+    wait_for(lambda: receiver.delivered_states(good.id) == ["PENDING"], 10,
+             "the good job's notification", schedulers)
+    wait_for(lambda: queue_empty(backends), 20, "every change settled", schedulers)
+    assert proc.poll() is None
+    assert schedulers.logs().count("given up") >= 5
+
+
 def test_a_state_change_whose_writer_died_before_announcing_is_still_notified(
         receiver, backends, schedulers):
     schedulers.start(visibility_timeout_s=1)

@@ -14,7 +14,8 @@ from core.app.local_system import wait_for
 from core.errors import MediaError
 from core.media import ffmpeg_path, make_sample_clip, probe
 from core.settings import Settings
-from nommerd.ffmpeg import (ALLOWED_DEMUXERS, EncodeCancelled, FFmpegRunner, ProgressParser,
+from nommerd.ffmpeg import (ALLOWED_DEMUXERS, EncodeCancelled, EncodeLimits, FFmpegRunner,
+                            ProgressParser,
                             build_pass_argvs, check_source, failure_reason, output_name)
 from tests.fixtures.processes import live_processes
 
@@ -61,7 +62,7 @@ def source(clip, tmp_path) -> str:
 def test_one_pass_argv_names_the_demuxer_and_keeps_to_local_files():
     [argv] = build_pass_argvs(FF, one_pass(), "/w/source", "mov", "/w/output.mp4", "/w")
     assert argv == [FF, "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1",
-                    "-ss", "0",
+                    "-xerror", "-ss", "0",
                     "-protocol_whitelist", "file", "-f", "mov", "-i", "/w/source",
                     "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "200k", "-c:a", "aac",
                     "-movflags", "+faststart", "/w/output.mp4"]
@@ -265,6 +266,51 @@ def test_cancel_kills_the_whole_process_group(tmp_path):
     finally:
         if pid and _group_members(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+# --- limits --------------------------------------------------------------
+
+def limited_run(ffmpeg, source, tmp_path, limits, outfile, suffix=".mp4"):
+    output = str(tmp_path / f"output{suffix}")
+    argv = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-f", "mov", "-i", source, *outfile,
+            "-an", output]
+    with pytest.raises(MediaError) as caught:
+        FFmpegRunner(0, limits=limits).run(argv, 2.0, output_path=output)
+    return str(caught.value)
+
+
+def test_pass_past_its_wall_clock_limit_is_stopped_naming_the_limit(ffmpeg, source, tmp_path):
+    reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(time_factor=0.0, time_base_s=0.5),
+                         ["-vf", "scale=3840:2160", "-c:v", "libx264", "-preset", "placebo"])
+    assert reason.startswith("stopped by a limit") and "encode_time_factor" in reason
+
+
+def test_output_past_the_size_cap_is_stopped_naming_the_limit(ffmpeg, source, tmp_path):
+    # 46 MB if written in full; stopped while writing, or failed when it ends.
+    reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(max_output_bytes=2_000_000),
+                         ["-c:v", "rawvideo", "-s", "640x480", "-r", "50"], ".mkv")
+    assert "max_output_bytes" in reason
+
+
+def test_ffmpeg_over_its_memory_cap_fails_naming_the_limit(ffmpeg, source, tmp_path):
+    reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(max_memory_bytes=300 * 1024**2),
+                         ["-s", "7680x4320", "-c:v", "libx264", "-preset", "ultrafast"])
+    assert "ffmpeg_max_memory_bytes" in reason
+
+
+def test_encode_that_would_fill_the_disk_is_stopped(ffmpeg, source, tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    # Asks for all but 5 MB of what is free now: the output crosses that at once.
+    reason = limited_run(ffmpeg, source, tmp_path, EncodeLimits(min_free_bytes=free - 5_000_000),
+                         ["-c:v", "rawvideo", "-s", "640x480", "-r", "50"], ".mkv")
+    assert "min_free_bytes" in reason
+
+
+def test_decode_errors_stop_ffmpeg_unless_tolerated():
+    [strict] = build_pass_argvs(FF, one_pass(), "/w/source", "mov", "/w/output.mp4", "/w")
+    [tolerant] = build_pass_argvs(FF, one_pass(), "/w/source", "mov", "/w/output.mp4", "/w",
+                                  tolerate_decode_errors=True)
+    assert "-xerror" in strict and "-xerror" not in tolerant
 
 
 def test_a_seek_in_percent_becomes_seconds_of_the_source():

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import random
+import subprocess
 
 import pytest
 
 from core.errors import MediaError
-from core.media import ffmpeg_path, make_sample_clip, parse_probe, probe
+from core.media import ffmpeg_path, make_sample_clip, probe, read_probe
 from core.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,27 +54,26 @@ def test_probe_of_a_missing_file_is_a_media_error(ffmpeg, tmp_path):
         probe(ffmpeg, str(tmp_path / "nope.mp4"))
 
 
-def test_parse_probe_reads_unknown_duration_as_none():
-    stderr = ("Input #0, matroska,webm, from 'file:x':\n"
-              "  Duration: N/A, start: 0.000000, bitrate: N/A\n"
-              "  Stream #0:0(eng): Video: vp9 (Profile 0), yuv420p, 320x240\n"
-              "  Stream #0:1(eng): Audio: opus, 48000 Hz, stereo, fltp\n")
-    info = parse_probe(stderr)
-    assert info is not None
+def test_read_probe_takes_unknown_duration_as_none():
+    info = read_probe('{"format_name": "matroska,webm", "duration_s": null, '
+                      '"streams": [["video", "vp9"], ["audio", "opus"]]}')
     assert info.format_name == "matroska,webm" and info.demuxer == "matroska"
     assert info.duration_s is None
     assert info.streams == (("video", "vp9"), ("audio", "opus"))
 
 
-def test_parse_probe_ignores_output_streams():
-    stderr = ("Input #0, wav, from 'file:x':\n"
-              "  Duration: 00:01:02.50, bitrate: 1411 kb/s\n"
-              "  Stream #0:0: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 44100 Hz\n"
-              "Output #0, mp4, to 'out.mp4':\n"
-              "  Stream #0:0: Audio: aac (LC), 44100 Hz\n")
-    info = parse_probe(stderr)
-    assert info.duration_s == pytest.approx(62.5)
-    assert info.streams == (("audio", "pcm_s16le"),)
+@pytest.mark.parametrize("suffix", [".mp3", ".flac"])
+def test_metadata_text_cannot_spoof_the_probe(ffmpeg, clip, tmp_path, suffix):
+    # ffmpeg -i prints tag names as they are: this one reads as a duration
+    # and a video stream to a parser of that text.
+    spoof = "X\n  Duration: 99:00:00.00, start: 0.000000, bitrate: 1 kb/s\n" \
+            "  Stream #0:5: Video: evil\nZ"
+    tagged = tmp_path / f"tagged{suffix}"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-i", clip, "-vn",
+                    "-metadata", f"{spoof}=v", str(tagged)], check=True)
+    info = probe(ffmpeg, str(tagged))
+    assert info.duration_s == pytest.approx(2.0, abs=0.2)
+    assert [kind for kind, _ in info.streams] == ["audio"]
 
 
 def test_ffmpeg_path_prefers_the_setting():

@@ -10,7 +10,7 @@ import imageio_ffmpeg
 import pytest
 
 from core.errors import ValidationError
-from core.options import FFMPEG_NOMMER, KNOWN_NOMMERS, validate_job_options
+from core.options import check_output_caps, FFMPEG_NOMMER, KNOWN_NOMMERS, validate_job_options
 
 # The job_options of the original's documented /job/submit/ example, as JSON
 # (its Python tuples become lists on the wire).
@@ -109,7 +109,6 @@ def test_missing_option_lists_mean_no_options():
     [["t", "00:01:30.5"], ["ss", "12.5"], ["to", "90"], ["maxrate", "2M"], ["bufsize", "4M"]],
     [["vn", None], ["sn", None], ["dn", None], ["c:a", "libopus"], ["f", "ogg"]],
     [["profile:v", "high"], ["level", "4.1"], ["tune", "film"], ["sc_threshold", 0]],
-    [["f", "null"]],
 ])
 def test_options_an_encoding_needs_are_accepted(outfile):
     validate_job_options(one_pass(outfile))
@@ -266,3 +265,35 @@ def test_accepted_filter_chains_are_understood_by_real_ffmpeg(key, graph):
                f"-{key}", graph, "-f", "null", "-"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=50)
     assert finished.returncode == 0, finished.stderr
+
+
+def test_null_muxer_only_in_the_first_of_two_passes():
+    assert "'null' writes no output" in refused(one_pass([["f", "null"]]))
+    job = {"nommer": "ffmpeg", "options": [{"outfile_options": [["f", "null"]]},
+                                           {"outfile_options": [["f", "mp4"]]}]}
+    validate_job_options(job)
+
+
+@pytest.mark.parametrize("graph", ["crop=w='while(1,1)':h=10", "scale=w=WHILE (lt(0,1),1):h=-2",
+                                   "crop=w=root(1,1):h=10", "pad=w=taylor(1,1):h=10"])
+def test_looping_expression_functions_are_refused(graph):
+    assert "looping expression function" in refused(one_pass([["vf", graph]]))
+
+
+@pytest.mark.parametrize("outfile, words", [
+    ([["s", "16000x16000"]], "max_frame_pixels"),
+    ([["vf", "scale=16000:16000"]], "max_frame_pixels"),
+    ([["vf", "scale=w=9000:h=9000"]], "max_frame_pixels"),
+    ([["r", "100000"]], "max_frame_rate"),
+    ([["vf", "fps=1000"]], "max_frame_rate"),
+])
+def test_output_frames_beyond_the_caps_are_refused(outfile, words):
+    options = validate_job_options(one_pass(outfile))
+    with pytest.raises(ValidationError, match=words):
+        check_output_caps(options, 8192 * 4320, 240)
+
+
+def test_usual_frames_are_within_the_caps():
+    options = validate_job_options(one_pass([["s", "3840x2160"], ["r", "60000/1001"],
+                                             ["vf", "scale=1920:-2,fps=ntsc"]]))
+    check_output_caps(options, 8192 * 4320, 240)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import pytest
 
@@ -168,3 +169,13 @@ def test_a_download_cut_mid_way_fetches_only_the_cut_ranges_again(s3, bucket, tm
     assert proxy.faults[("s3", "cut-body")] == 2
     # Two cut 5 MiB ranges cost at most 5 MiB more, not whole restarts.
     assert sent <= size + 5 * MIB + 17
+
+
+def test_a_download_stops_once_its_job_is_cancelled(s3, bucket, tmp_path):
+    storage = S3Storage(s3, multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB)
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=b"\0" * (12 * MIB))
+    stop = threading.Event()
+    stop.set()  # cancelled before the first chunk arrives
+
+    with pytest.raises(StorageError, match="was stopped"):
+        storage.download(f"s3://{bucket}/big.bin", str(tmp_path / "got"), 20 * MIB, stop=stop)

@@ -1,0 +1,54 @@
+"""The media probe's child process: open one local file with FFmpeg's
+libraries (PyAV) and print what it holds as one JSON object.
+
+    python -m core.probe PATH [--formats mov,mp4,...]
+
+prints {"format_name": ..., "duration_s": float or null, "streams":
+[[kind, codec], ...]}, or {"error": ..., "refused": bool} when the file
+cannot be opened. Fields are read from the libraries' structures, never
+parsed from text, so metadata in the file (a title with newlines) cannot
+change them. It runs as a child so that a file that crashes the
+demuxer takes down only the probe (core.media.probe runs it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import av
+
+_AV_TIME_BASE = 1_000_000
+
+
+def describe(path: str, formats: str | None) -> dict:
+    # Only the file protocol, and only the allowed demuxers: a playlist or
+    # concat file is refused before it can open what it names.
+    options = {"protocol_whitelist": "file"}
+    if formats:
+        options["format_whitelist"] = formats
+    try:
+        container = av.open(f"file:{path}", options=options)
+    except av.error.FFmpegError as exc:
+        return {"error": exc.strerror or type(exc).__name__}
+    with container:
+        duration = container.duration
+        streams = [[stream.type, stream.codec_context.name if stream.codec_context else "none"]
+                   for stream in container.streams]
+        return {"format_name": container.format.name,
+                "duration_s": duration / _AV_TIME_BASE if duration and duration > 0 else None,
+                "streams": streams}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.probe")
+    parser.add_argument("path")
+    parser.add_argument("--formats", help="comma-separated demuxers that may open the file")
+    args = parser.parse_args(argv)
+    av.logging.set_level(av.logging.PANIC)
+    json.dump(describe(args.path, args.formats), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
