@@ -119,6 +119,15 @@ class JobStore(abc.ABC):
         """One encoder's report, or None."""
         return next((node for node in self.list_nodes() if node.id == node_id), None)
 
+    @abc.abstractmethod
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add each amount to its named counter (created at 0), atomically per
+        counter: concurrent adds from many processes all count."""
+
+    @abc.abstractmethod
+    def read_counters(self) -> dict[str, float]:
+        """Every counter's current value (consistent read)."""
+
     def close(self) -> None:
         """Release connections."""
 

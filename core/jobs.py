@@ -32,6 +32,8 @@ TERMINAL_STATES = frozenset(
     {JobState.FINISHED, JobState.ERROR, JobState.ABANDONED, JobState.CANCELLED}
 )
 UNFINISHED_STATES = frozenset({JobState.PENDING}) | ACTIVE_STATES
+# Ends a client may try again (FINISHED is not one: its output exists).
+RETRYABLE_STATES = frozenset({JobState.ERROR, JobState.ABANDONED, JobState.CANCELLED})
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset(
@@ -142,3 +144,20 @@ def transition(job: Job, new_state: JobState, details: str = "", **changes) -> J
     if new_state in TERMINAL_STATES:
         changed.lease_expires_at = None
     return changed
+
+
+def retry(job: Job) -> Job:
+    """Return a copy of an ended `job` back at PENDING, as a new attempt.
+
+    The id, creation time and attempt count are kept (the next claim counts
+    the new attempt); the previous ending is kept in the details, so the job
+    reads as one history. Raises InvalidTransition unless the job ended
+    ERROR, ABANDONED or CANCELLED.
+    """
+    if job.state not in RETRYABLE_STATES:
+        raise InvalidTransition(f"job {job.id} is {job.state}: only a job that ended "
+                                "ERROR, ABANDONED or CANCELLED can be retried")
+    details = f"retry after {job.state.value}: {job.state_details}".rstrip(": ")
+    return dataclasses.replace(
+        job, state=JobState.PENDING, state_details=details[:MAX_DETAILS_CHARS], progress=0,
+        node=None, lease_expires_at=None, updated_at=utcnow())

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from datetime import datetime, timedelta
 
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound, ValidationError)
 from core.interfaces import JobStore, Queue
-from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, transition,
+from core.metrics import Metrics, job_kind
+from core.jobs import (ACTIVE_STATES, Job, JobState, new_job_id, retry, transition,
                        utcnow)
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class JobService:
         self.store = store
         self.new_jobs = new_jobs
         self.state_changes = state_changes
+        self.metrics = Metrics(store)
+        # job id -> monotonic time it entered ENCODING here: an encoder's
+        # ENCODING and UPLOADING both pass through its own service.
+        self._encoding_since: dict[str, float] = {}
 
     def submit(self, source: str, destination: str, options: dict,
                notify_url: str | None = None, sent_options: dict | None = None) -> Job:
@@ -63,6 +69,21 @@ class JobService:
         job = self._create(Job(id=new_job_id(), source=source, destination=destination,
                                options=options, notify_url=notify_url,
                                sent_options=sent_options, announce_version=1))
+        self._queue(job)
+        return self._announce(job)
+
+    def retry(self, job_id: str) -> Job:
+        """Put a job that ended ERROR, ABANDONED or CANCELLED back to PENDING
+        under the same id and queue it again. Raises NotFound, InvalidTransition
+        (not ended, or FINISHED), ConflictError if it changed under us."""
+        job = self.store.get_job(job_id)
+        stored = self.store.update_job(_in_outbox(retry(job)), job.version)
+        self._queue(stored)
+        return self._announce(stored)
+
+    def _queue(self, job: Job) -> None:
+        """Queue a PENDING job for an encoder. A failure to queue raises here
+        (so the API answers an error) after marking the job ERROR."""
         try:
             self.new_jobs.send(job.id)
         except BackendError:
@@ -74,7 +95,6 @@ class JobService:
             except NommerError:
                 log.exception("job %s could not be queued nor marked ERROR", job.id)
             raise
-        return self._announce(job)
 
     def _create(self, job: Job) -> Job:
         """Create `job`; a create whose answer was lost and retried is no conflict.
@@ -120,6 +140,10 @@ class JobService:
             stored = self.store.update_job(_in_outbox(claimed), job.version)
         except ConflictError:
             return None
+        if job.state is JobState.PENDING:
+            # A PENDING job is never heartbeated: updated_at is when it was queued.
+            self.metrics.observe("dispatch_latency_seconds",
+                                 (now - job.updated_at).total_seconds(), kind=job_kind(job))
         return self._announce(stored)
 
     def advance(self, job: Job, new_state: JobState, details: str = "", **changes) -> Job:
@@ -128,7 +152,17 @@ class JobService:
         job = self._announce(job)  # an earlier change whose send failed goes first
         stored = self.store.update_job(_in_outbox(transition(job, new_state, details, **changes)),
                                        job.version)
-        return self._announce(stored)
+        stored = self._announce(stored)
+        self._time_encoding(stored)
+        return stored
+
+    def _time_encoding(self, job: Job) -> None:
+        started = self._encoding_since.pop(job.id, None)
+        if job.state is JobState.ENCODING:
+            self._encoding_since[job.id] = time.monotonic()
+        elif started is not None and job.state is JobState.UPLOADING:
+            self.metrics.observe("encode_duration_seconds", time.monotonic() - started,
+                                 kind=job_kind(job))
 
     def heartbeat(self, job: Job, lease_s: float, progress: int | None = None) -> Job:
         """Extend our lease on the job (and record progress). Raises ConflictError

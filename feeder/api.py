@@ -9,8 +9,14 @@ Routes (every answer is JSON with "success"; errors add "error_code" and
     GET  /jobs?state=&limit=&cursor=
                                jobs newest first, a page at a time
     POST /jobs/<id>/cancel     cancel a job that has not ended
+    POST /jobs/<id>/retry      run again a job that ended ERROR, ABANDONED or
+                               CANCELLED (same id, history kept)
     GET  /presets              the catalogue presets a submit may name
     GET  /health               queue counts; 503 when the store or queue fails
+    GET  /encoders             encoders as they last reported themselves
+    GET  /metrics              the whole system's figures, Prometheus text format
+    GET  /openapi.json         this API described in OpenAPI 3.1
+    GET  /                     the dashboard (a static page that calls the routes above)
 
 Reads go straight to the store, so any number of API processes can run.
 Bad input is answered 4xx with a message naming the field; no input reaches
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import importlib.metadata
 import json
 import logging
 import re
@@ -39,6 +46,7 @@ from core.options import check_output_caps
 from core.reach import listen_refusal
 from core.presets import listing as preset_listing, options_to_run
 from core.settings import Settings, load
+from feeder import dashboard, metrics as system_metrics, openapi
 from feeder.waitress_json import answer_errors_as_json
 
 # Named explicitly: run as `python -m feeder.api`, __name__ is "__main__".
@@ -268,14 +276,46 @@ class _Routes:
         log.info("job %s cancelled", job.id)
         return _ok(job=job_view(job))
 
+    def retry(self, job_id: str):
+        job = self.backends.jobs.retry(_checked_id(job_id))
+        log.info("job %s retried", job.id)
+        return _ok(job=job_view(job))
+
     def presets(self):
         return _ok(presets=preset_listing())
+
+    def metrics_text(self):
+        body, content_type = system_metrics.render(self.backends)
+        return bottle.HTTPResponse(body=body, status=200,
+                                   headers={"Content-Type": content_type})
+
+    def encoders(self):
+        nodes = sorted(self.backends.store.list_nodes(), key=lambda node: node.id)
+        return _ok(encoders=[{
+            "id": node.id, "state": node.state, "active_jobs": node.active_jobs,
+            "last_report": node.last_report.isoformat() if node.last_report else None,
+            "started_at": node.started_at.isoformat() if node.started_at else None,
+        } for node in nodes])
+
+    def description(self):
+        return _json_response(200, openapi.describe(_version()))
+
+    def dashboard_page(self):
+        return bottle.HTTPResponse(body=dashboard.page(), status=200,
+                                   headers=dashboard.headers())
 
     def health(self):
         queued, in_flight = self.backends.new_jobs.counts()
         # One cheap read proves the store answers too.
         self.backends.store.list_jobs(limit=1)
         return _ok(status="ok", queued=queued, in_flight=in_flight)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("media-nommer")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _checked_id(job_id: str) -> str:
@@ -359,8 +399,14 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/jobs/", "GET", routes.list_jobs)
     app.route("/jobs/<job_id>", "GET", routes.get_job)
     app.route("/jobs/<job_id>/cancel", "POST", routes.cancel)
+    app.route("/jobs/<job_id>/retry", "POST", routes.retry)
     app.route("/presets", "GET", routes.presets)
     app.route("/health", "GET", routes.health, public=True)
+    app.route("/metrics", "GET", routes.metrics_text)
+    app.route("/encoders", "GET", routes.encoders)
+    # Public: neither carries data; the page asks for the token itself.
+    app.route("/openapi.json", "GET", routes.description, public=True)
+    app.route("/", "GET", routes.dashboard_page, public=True)
     return app
 
 

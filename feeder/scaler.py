@@ -236,6 +236,7 @@ class Scaler:
         obs = self.observe(now_s)
         decision = self.decide(obs, now_s)
         launched = self.apply(decision, now_s)
+        self._count(decision, launched)
         booting = sum(1 for e in obs.encoders if e.state == "pending")
         picture = (obs.queued, obs.in_flight, obs.unfinished_jobs, len(obs.encoders), booting)
         line = (f"policy={self.policy.policy} queued={obs.queued} in_flight={obs.in_flight} "
@@ -250,6 +251,16 @@ class Scaler:
         self._last_logged = picture
         log.log(level, "%s", line)
         return decision
+
+    def _count(self, decision: Decision, launched: list[str]) -> None:
+        """The decision in the store's counters, for GET /metrics."""
+        metrics = self.backends.jobs.metrics
+        action = "launch" if launched else "stop" if decision.stop else "hold"
+        metrics.add("scaler_decisions_total", action=action)
+        if launched:
+            metrics.add("scaler_encoders_launched_total", len(launched))
+        if decision.stop:
+            metrics.add("scaler_encoders_stopped_total", len(decision.stop))
 
     def run(self) -> None:
         """Decide every interval until request_stop(); back off on BackendError."""

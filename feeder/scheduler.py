@@ -278,6 +278,7 @@ class Scheduler:
                 self._defer_lane(job_id, BUSY_RECEIVER_DEFER_S)
                 return
             else:
+                self._jobs.metrics.add("notification_attempts_total")
                 self._send(held, job.notify_url)
                 break
         if not lane:
@@ -340,7 +341,9 @@ class Scheduler:
         change = held.change
         age_s = (utcnow() - held.changed_at).total_seconds()
         left_s = self._settings.notify_retry_for_s - age_s
+        self._jobs.metrics.add("notification_failures_total")
         if not exc.retryable or left_s <= 0:
+            self._jobs.metrics.add("notification_give_ups_total")
             log.warning("job %s %s: notification to %s given up after %.0f s: %s",
                         change.job_id, change.state, describe_url(url), age_s, exc)
             self._record_give_up(change, exc)

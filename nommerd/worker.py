@@ -468,6 +468,7 @@ class Worker:
                 raise EncodeCancelled("the download was stopped") from None
             raise
         log.info("job %s: downloaded %d bytes", held.job.id, size)
+        self.jobs.metrics.add("download_bytes_total", size)
         self._check_release(held)
 
     def _encode(self, held: HeldJob, runner: FFmpegRunner, source: str, work_dir: str) -> str:
@@ -492,6 +493,7 @@ class Worker:
     def _upload(self, held: HeldJob, output: str) -> None:
         held.advance(JobState.UPLOADING)
         self.storage.upload(output, held.job.destination)
+        self.jobs.metrics.add("upload_bytes_total", os.path.getsize(output))
 
     # --- endings -------------------------------------------------------
 

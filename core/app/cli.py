@@ -1,4 +1,11 @@
-"""`nommer`: run the system, try it with a sample clip, list presets, submit and follow jobs."""
+"""`nommer`: run the system, try it with a sample clip, list presets, submit,
+follow, list, cancel, retry and watch jobs, read the logs.
+
+Exit codes: 0 done; 1 the job followed ended other than FINISHED; 2 wrong
+usage or settings; 3 the API refused the request (unknown job, a job in
+the wrong state, a missing or wrong token, bad input); 4 the API could not
+be reached or failed (5xx); 130 interrupted (Ctrl-C).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +13,7 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +21,19 @@ from core import settings as settings_module
 from core.errors import NommerError
 
 TERMINAL = {"FINISHED", "ERROR", "ABANDONED", "CANCELLED"}
+
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_UNAVAILABLE = 4
+
+
+class ApiRefused(NommerError):
+    """The API answered 4xx: the request was wrong, not the system."""
+
+
+class ApiUnavailable(NommerError):
+    """The API could not be reached, or answered 5xx."""
 
 # The original's documented nommer name; clients keep sending it.
 FFMPEG_NOMMER = "media_nommer.ec2nommerd.nommers.ffmpeg.FFmpegNommer"
@@ -26,7 +47,19 @@ class ApiClient:
         self.token = token
         self.timeout_s = timeout_s
 
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """The API's answer to a request that succeeded. Raises ApiRefused on
+        4xx, ApiUnavailable when unreachable or on 5xx, with the API's message."""
+        status, answer = self._exchange(method, path, body)
+        if status < 300 and answer.get("success"):
+            return answer
+        message = answer.get("message") or f"HTTP {status}"
+        raise (ApiRefused if 400 <= status < 500 else ApiUnavailable)(message)
+
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        return self._exchange(method, path, body)[1]
+
+    def _exchange(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
@@ -34,14 +67,15 @@ class ApiClient:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.load(response)
+                return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
             try:
-                return json.load(exc)
+                return exc.code, json.load(exc)
             except ValueError:
-                raise NommerError(f"{method} {path}: HTTP {exc.code}") from None
+                error = ApiRefused if 400 <= exc.code < 500 else ApiUnavailable
+                raise error(f"{method} {path}: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise NommerError(f"cannot reach the API at {self.base_url}: {exc}") from None
+            raise ApiUnavailable(f"cannot reach the API at {self.base_url}: {exc}") from None
 
     def submit(self, source: str, destination: str, passes: list[dict],
                notify_url: str | None = None) -> str:
@@ -57,7 +91,7 @@ class ApiClient:
             body["notify_url"] = notify_url
         answer = self._request("POST", "/job/submit/", body)
         if not answer.get("success"):
-            raise NommerError(f"job refused: {answer.get('message')}")
+            raise ApiRefused(f"job refused: {answer.get('message')}")
         return answer["job_id"]
 
     def presets(self) -> list[dict]:
@@ -67,10 +101,19 @@ class ApiClient:
         return answer["presets"]
 
     def job(self, job_id: str) -> dict:
-        answer = self._request("GET", f"/jobs/{job_id}")
-        if not answer.get("success"):
-            raise NommerError(answer.get("message", "unknown job"))
-        return answer["job"]
+        return self.call("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}")["job"]
+
+    def jobs(self, state: str | None = None, limit: int = 50) -> list[dict]:
+        """The newest `limit` jobs (of one state when given), newest first."""
+        query = urllib.parse.urlencode({"limit": limit, **({"state": state} if state else {})})
+        return self.call("GET", f"/jobs?{query}")["jobs"]
+
+    def act(self, job_id: str, action: str) -> dict:
+        """POST /jobs/<id>/<action> ("cancel", "retry"); returns the job as changed."""
+        return self.call("POST", f"/jobs/{urllib.parse.quote(job_id, safe='')}/{action}")["job"]
+
+    def health(self) -> dict:
+        return self.call("GET", "/health")
 
     def cancel(self, job_id: str) -> dict:
         answer = self._request("POST", f"/jobs/{job_id}/cancel")
@@ -123,8 +166,11 @@ def follow(client: ApiClient, job_id: str, timeout_s: float, out=sys.stdout) -> 
         time.sleep(0.25)
 
 
-def _client(settings) -> ApiClient:
-    return ApiClient(f"http://{settings.api_host}:{settings.api_port}", settings.api_token)
+def api_client(settings, args=None) -> ApiClient:
+    """The API named by --api/--token when given, else by the settings."""
+    url = getattr(args, "api", None) or f"http://{settings.api_host}:{settings.api_port}"
+    token = getattr(args, "token", None)
+    return ApiClient(url, settings.api_token if token is None else token)
 
 
 def cmd_run(args, settings) -> int:
@@ -154,14 +200,14 @@ def cmd_demo(args, settings) -> int:
         print(f"making a 10 s sample clip: {sample}")
         make_sample_clip(ffmpeg_path(settings), str(sample), duration_s=10, size="640x360")
     destination = media / "output" / f"sample-{int(time.time())}.mp4"
-    client = _client(settings)
+    client = api_client(settings, args)
     client.wait_healthy(timeout_s=30)
     job_id = client.submit(sample.as_uri(), destination.as_uri(), h264_passes(args.two_pass))
     print(f"job {job_id} submitted")
     job = follow(client, job_id, timeout_s=args.timeout)
     if job["state"] != "FINISHED":
         print(f"job ended {job['state']}: {job['state_details']}", file=sys.stderr)
-        return 1
+        return EXIT_JOB_FAILED
     print(f"done: {destination}")
     return 0
 
@@ -185,7 +231,7 @@ def preset_request(name: str, overrides: list[str]) -> dict:
 
 
 def cmd_submit(args, settings) -> int:
-    client = _client(settings)
+    client = api_client(settings, args)
     source, destination = as_uri(args.source), as_uri(args.destination)
     if args.preset:
         job_id = client.submit_options(source, destination,
@@ -197,33 +243,44 @@ def cmd_submit(args, settings) -> int:
     print(job_id)
     if args.follow:
         job = follow(client, job_id, timeout_s=args.timeout)
-        return 0 if job["state"] == "FINISHED" else 1
+        return 0 if job["state"] == "FINISHED" else EXIT_JOB_FAILED
     return 0
 
 
 def cmd_presets(args, settings) -> int:
-    for preset in _client(settings).presets():
+    for preset in api_client(settings, args).presets():
         print(f"{preset['name']:<12} .{preset['extension']:<5} {preset['description']}")
         for key, override in preset["overrides"].items():
             print(f"{'':<19}{key}={override['default']}: {override['meaning']}")
     return 0
 
 
-def cmd_status(args, settings) -> int:
-    print(json.dumps(_client(settings).job(args.job_id), indent=2))
-    return 0
+def _common_options() -> argparse.ArgumentParser:
+    """--api and --token, taken by every command (before or after its name)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api", default=argparse.SUPPRESS, metavar="URL",
+                        help="the API's base URL (default: from api_host and api_port)")
+    common.add_argument("--token", default=argparse.SUPPRESS,
+                        help="bearer token (default: the api_token setting)")
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nommer", description=__doc__)
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog="nommer", description=__doc__, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="nomconf.toml (default: $NOMMER_CONFIG, else ./nomconf.toml if present)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start the whole system under supervisord (foreground)")
-    demo = sub.add_parser("demo", help="encode a generated sample clip and follow it to the end")
+    sub.add_parser("run", help="start the whole system under supervisord (foreground)",
+                   parents=[common])
+    demo = sub.add_parser("demo", help="encode a generated sample clip and follow it to the end",
+                          parents=[common])
     demo.add_argument("--two-pass", action="store_true")
     demo.add_argument("--timeout", type=float, default=300)
-    sub.add_parser("presets", help="list the catalogue presets and their overrides")
-    submit = sub.add_parser("submit", help="submit a job: a catalogue preset, or H.264/AAC MP4")
+    sub.add_parser("presets", help="list the catalogue presets and their overrides",
+                   parents=[common])
+    submit = sub.add_parser("submit", help="submit a job: a catalogue preset, or H.264/AAC MP4",
+                            parents=[common])
     submit.add_argument("source", help="a URI, or a local path (sent as a file:// URI)")
     submit.add_argument("destination", help="a URI, or a local path (sent as a file:// URI)")
     submit.add_argument("--preset", help="a catalogue preset (see `nommer presets`)")
@@ -233,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--two-pass", action="store_true")
     submit.add_argument("--follow", action="store_true")
     submit.add_argument("--timeout", type=float, default=3600)
-    status = sub.add_parser("status", help="show one job")
-    status.add_argument("job_id")
+    from core.app import jobs_cli  # it builds on this module's client
+
+    jobs_cli.add_commands(sub, common)
     return parser
 
 
@@ -242,17 +300,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.config is None and Path("nomconf.toml").exists():
         args.config = "nomconf.toml"
+    from core.app import jobs_cli
+
     try:
         settings = settings_module.load(args.config)
         handler = {"run": cmd_run, "demo": cmd_demo, "submit": cmd_submit,
-                   "presets": cmd_presets, "status": cmd_status}[args.command]
+                   "presets": cmd_presets, **jobs_cli.HANDLERS}[args.command]
         return handler(args, settings)
+    except ApiRefused as exc:
+        print(f"nommer: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ApiUnavailable as exc:
+        print(f"nommer: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except NommerError as exc:
         print(f"nommer: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the module's own name: run as a script, this file is __main__,
+    # and the commands in core.app.jobs_cli raise core.app.cli's errors.
+    from core.app.cli import main as module_main
+
+    sys.exit(module_main())

@@ -62,6 +62,10 @@ BY_CREATED_INDEX = "by_created"
 OUTBOX_INDEX = "outbox"
 _OUTBOX = "pending"
 _LISTING = "job"
+# Counters (core.metrics): one item of the jobs table, with an id no job can
+# have and neither index's key, so no listing sees it. One UpdateItem ADDs
+# every amount atomically.
+_COUNTERS_ID = "#counters"
 # by_created partitions; items written before sharding sit under _LISTING.
 LISTING_SHARDS = 8
 # BatchGetItem takes at most this many keys a call.
@@ -508,6 +512,26 @@ class DynamoDBJobStore(JobStore):
         """Forget encoder `node_id`; no error if unknown."""
         with _errors("delete node"):
             self._client.delete_item(TableName=self.nodes_table_name, Key={"id": {"S": node_id}})
+
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add to named counters with one atomic UpdateItem ADD."""
+        if not increments:
+            return
+        keys = sorted(increments)
+        with _errors("add counters"):
+            self._client.update_item(
+                TableName=self.table_name, Key={"id": {"S": _COUNTERS_ID}},
+                UpdateExpression="ADD " + ", ".join(f"#c{n} :v{n}" for n in range(len(keys))),
+                ExpressionAttributeNames={f"#c{n}": key for n, key in enumerate(keys)},
+                ExpressionAttributeValues={f":v{n}": {"N": repr(float(increments[key]))}
+                                           for n, key in enumerate(keys)})
+
+    def read_counters(self) -> dict[str, float]:
+        with _errors("read counters"):
+            answer = self._client.get_item(TableName=self.table_name,
+                                           Key={"id": {"S": _COUNTERS_ID}}, ConsistentRead=True)
+        return {key: float(value["N"]) for key, value in answer.get("Item", {}).items()
+                if key != "id"}
 
     def _query(self, index: str, condition: str, names: dict, values: dict,
                wanted: int, what: str) -> list[dict]:

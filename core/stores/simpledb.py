@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import uuid
 
 import functools
@@ -53,6 +54,12 @@ MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
 _TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options",
                 "sent_options")
+# Counters (core.metrics) live in the jobs domain, one item per series
+# (see _counter_family): "#counters:<series>", which no job id can be. They have no `created_key` or
+# `state`, so job selects never see them. SimpleDB has no atomic add: each
+# add is a read, then a put conditional on the item's `counters_version`.
+_COUNTERS_PREFIX = "#counters:"
+_COUNTER_RETRIES = 20
 # Attribute names of the jobs read or written lately (job id -> (version,
 # names)), so a write can count the stale chunks it leaves; bounded.
 _NAMES_CACHE_JOBS = 1024
@@ -155,6 +162,16 @@ def _encode_cursor(created_key: str) -> str:
 def _decode_cursor(cursor: str) -> str:
     """The created_key of the last job of the previous page. Raises ValidationError."""
     return "|".join(decode_cursor(cursor))
+
+
+def _counter_family(key: str) -> str:
+    """The item a counter is kept in: its name without a histogram's suffix,
+    with its labels but `le`. A histogram observation is then one put, and
+    one item holds one series' buckets (far below 256 attributes)."""
+    name, _, labels = key.partition("{")
+    name = re.sub(r"_(bucket|sum|count)$", "", name)
+    labels = re.sub(r'le="[^"]*",?', "", labels).rstrip(",}")
+    return f"{name}{{{labels}}}" if labels else name
 
 
 class SimpleDBJobStore(JobStore):
@@ -353,6 +370,44 @@ class SimpleDBJobStore(JobStore):
         """Forget encoder `node_id`; no error if unknown (SimpleDB's own behaviour)."""
         with _errors("delete node"):
             self._client.delete_attributes(DomainName=self.nodes_domain, ItemName=node_id)
+
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add to named counters: per metric name, read then put conditional
+        on the item's version, again when another writer got there first."""
+        families: dict[str, dict[str, float]] = {}
+        for key, amount in increments.items():
+            families.setdefault(_counter_family(key), {})[key] = amount
+        for family, amounts in sorted(families.items()):
+            self._add_to_item(_COUNTERS_PREFIX + family, family, amounts)
+
+    def _add_to_item(self, item_name: str, family: str, amounts: dict[str, float]) -> None:
+        for _ in range(_COUNTER_RETRIES):
+            with _errors("read counters"):
+                answer = self._client.get_attributes(
+                    DomainName=self.jobs_domain, ItemName=item_name, ConsistentRead=True)
+            stored = _as_dict(answer.get("Attributes", []))
+            version = int(stored.get("counters_version", "0"))
+            expected = ({"Name": "counters_version", "Value": _number(version), "Exists": True}
+                        if version else {"Name": "counters_version", "Exists": False})
+            pairs = [("counters_version", _number(version + 1)), ("counters_family", family)]
+            pairs += [(key, repr(float(stored.get(key, 0.0)) + amount))
+                      for key, amount in sorted(amounts.items())]
+            try:
+                self._put(item_name, pairs, expected, "add counters")
+                return
+            except ConflictError:
+                continue
+        raise ConflictError(f"counters {family} kept changing; the add was dropped")
+
+    def read_counters(self) -> dict[str, float]:
+        expression = (f"select * from {_name(self.jobs_domain)} "
+                      f"where {_name('counters_family')} is not null")
+        values: dict[str, float] = {}
+        for item in self._select(expression, "read counters"):
+            for key, value in _as_dict(item.get("Attributes", [])).items():
+                if key not in ("counters_version", "counters_family"):
+                    values[key] = float(value)
+        return values
 
     def _ensure_domain(self, domain: str) -> None:
         # CreateDomain of an existing domain is harmless but slow on AWS (it

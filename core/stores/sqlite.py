@@ -52,6 +52,10 @@ _SCHEMA = [
         last_report TEXT NOT NULL,
         started_at TEXT NOT NULL,
         draining INTEGER NOT NULL DEFAULT 0)""",
+    # The system's figures (core.metrics); added with no migration.
+    """CREATE TABLE IF NOT EXISTS counters (
+        name TEXT PRIMARY KEY,
+        value REAL NOT NULL)""",
 ]
 
 _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
@@ -260,6 +264,20 @@ class SQLiteJobStore(JobStore):
         """Forget encoder `node_id`; no error if unknown."""
         with translate_errors("delete node"):
             self._db.connection().execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add to named counters in one transaction (an upsert adds atomically)."""
+        with translate_errors("add counters"):
+            with self._db.write_transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO counters (name, value) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    sorted(increments.items()))
+
+    def read_counters(self) -> dict[str, float]:
+        with translate_errors("read counters"):
+            rows = self._db.connection().execute("SELECT name, value FROM counters").fetchall()
+        return dict(rows)
 
     def close(self) -> None:
         self._db.close()

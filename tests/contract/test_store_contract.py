@@ -242,6 +242,48 @@ def test_nodes_are_put_replaced_listed_and_deleted(store):
 
 # SQLite only: its vendor errors must arrive as the project's own.
 
+def test_counters_start_at_zero_add_up_and_hide_from_job_listings(store):
+    assert store.read_counters() == {}
+    store.create_job(_job("job-1"))
+    bucket = 'encode_duration_seconds_bucket{kind="mp4-720p",le="+Inf"}'
+
+    store.add_counters({"upload_bytes_total": 1000.0, bucket: 1.0})
+    store.add_counters({"upload_bytes_total": 24.5, "notification_attempts_total": 1.0})
+
+    assert store.read_counters() == {"upload_bytes_total": 1024.5, bucket: 1.0,
+                                     "notification_attempts_total": 1.0}
+    assert [job.id for job in store.list_jobs()[0]] == ["job-1"]
+    assert store.count_jobs(frozenset(JobState)) == 1
+
+
+_ADD = """
+import json, sys
+from tests.conftest import open_backend
+store = open_backend(json.loads(sys.argv[1])).store()
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(int(sys.argv[2])):
+    store.add_counters({"download_bytes_total": 10.0, "notification_attempts_total": 1.0})
+print("done", flush=True)
+store.close()
+"""
+
+
+def test_counter_adds_from_two_processes_at_once_all_count(store, backend, spawn_python):
+    adders = [spawn_python(_ADD, json.dumps(backend.recipe()), "15") for _ in range(2)]
+    for adder in adders:
+        assert adder.stdout.readline().strip() == "ready"
+    for adder in adders:
+        adder.stdin.write("go\n")
+        adder.stdin.flush()
+    for adder in adders:
+        out, err = adder.communicate(timeout=90)
+        assert adder.returncode == 0, err
+
+    assert store.read_counters() == {"download_bytes_total": 300.0,
+                                     "notification_attempts_total": 30.0}
+
+
 def test_sqlite_store_in_a_missing_folder_is_a_backend_error(tmp_path):
     with pytest.raises(BackendError):
         SQLiteJobStore(str(tmp_path / "no-such-folder" / "nommer.sqlite3"))

@@ -483,3 +483,18 @@ def test_the_server_runs_logs_requests_without_queries_and_stops_on_sigterm(tmp_
     assert process.returncode == 0, output
     assert "GET /health 200" in output and "GET /jobs 400" in output
     assert "qu3ry-s3cret" not in output and "Traceback" not in output
+
+
+def test_retry_resubmits_an_ended_job_and_refuses_one_still_running(api):
+    job_id = api.submit()
+    refused = api.request("POST", f"/jobs/{job_id}/retry")
+    assert refused.status == 409 and refused.json["error_code"] == "CONFLICT"
+    api.request("POST", f"/jobs/{job_id}/cancel")
+
+    answer = api.request("POST", f"/jobs/{job_id}/retry")
+
+    assert answer.status == 200
+    job = answer.json["job"]
+    assert (job["id"], job["state"]) == (job_id, "PENDING")
+    assert job["state_details"] == "retry after CANCELLED: cancelled by request"
+    assert api.request("POST", "/jobs/0123456789abcdef/retry").status == 404

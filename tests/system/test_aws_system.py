@@ -34,6 +34,7 @@ from core.media import ffmpeg_path, make_sample_clip, probe
 from core.settings import Settings, load
 from tests.fixtures.fault_proxy import FaultProxy
 from tests.fixtures.aws import aws_client, aws_env
+from tests.system.test_metrics_system import scrape
 from tests.fixtures.imds import InstanceMetadata
 from tests.fixtures.processes import children_of, is_running
 
@@ -338,6 +339,12 @@ def test_s3_job_finishes_on_a_launched_encoder_that_then_terminates_itself(
         info = probe(ffmpeg, str(tmp_path / "out.mp4"))
         assert ("video", "h264") in info.streams and ("audio", "aac") in info.streams
         assert info.duration_s == pytest.approx(2.0, abs=0.3)
+        # The encoder's figures reach the API's scrape through the AWS store.
+        figures = scrape(cluster)
+        assert figures[("nommer_jobs", (("state", "FINISHED"),))] == 1
+        assert figures[("nommer_encode_duration_seconds_count", (("kind", "libx264"),))] == 1
+        assert figures[("nommer_download_bytes_total", ())] > 0
+        assert figures[("nommer_upload_bytes_total", ())] > 0
 
         # Idle past nommerd_max_inactivity: the encoder terminates its instance...
         encoder = cluster.encoders[instance_id]

@@ -325,3 +325,47 @@ def test_a_create_retried_after_its_answer_was_lost_is_not_a_conflict(tmp_path):
     other = Job(id="abc", source="file:///other", destination="file:///b", options={"x": 1})
     with pytest.raises(ConflictError):
         service._create(other)
+
+
+def test_retry_of_a_failed_job_runs_it_again_under_the_same_id(service):
+    job = _submit(service)
+    service.new_jobs.delete(service.new_jobs.receive()[0].receipt)
+    service.claim(job.id, "encoder-1", lease_s=60)
+    service.fail(job.id, "ffmpeg: invalid data")
+    _announced(service)
+
+    retried = service.retry(job.id)
+
+    assert (retried.id, retried.state, retried.progress, retried.node) == (
+        job.id, JobState.PENDING, 0, None)
+    assert retried.created_at == job.created_at
+    assert retried.state_details == "retry after ERROR: ffmpeg: invalid data"
+    assert [m.body for m in service.new_jobs.receive(max_messages=10)] == [job.id]
+    assert [c.state for c in _announced(service)] == ["PENDING"]
+    again = service.claim(job.id, "encoder-2", lease_s=60)
+    assert (again.state, again.attempts, again.node) == (JobState.DOWNLOADING, 2, "encoder-2")
+
+
+@pytest.mark.parametrize("end", ["cancel", "abandon"])
+def test_retry_takes_cancelled_and_abandoned_jobs(service, end):
+    job = _submit(service)
+    if end == "cancel":
+        service.cancel(job.id)
+    else:
+        _age(service, service.claim(job.id, "encoder-1", lease_s=60), hours=2)
+        assert service.abandon_stale(older_than_s=3600)
+    assert service.retry(job.id).state is JobState.PENDING
+
+
+def test_retry_refuses_finished_and_unended_jobs(service):
+    pending, finished = _submit(service), _submit(service)
+    held = service.claim(finished.id, "encoder-1", lease_s=60)
+    for state in (JobState.ENCODING, JobState.UPLOADING, JobState.FINISHED):
+        held = service.advance(held, state)
+
+    for job_id in (pending.id, finished.id):
+        with pytest.raises(InvalidTransition):
+            service.retry(job_id)
+    assert service.store.get_job(finished.id).state is JobState.FINISHED
+    with pytest.raises(NotFound):
+        service.retry("no-such-job")

@@ -1,0 +1,201 @@
+"""GET /openapi.json: the API described in OpenAPI 3.1 (every route, body and error).
+
+Kept beside the routes it describes: tests/process/test_openapi.py fails when
+the app serves a route this description leaves out.
+"""
+from __future__ import annotations
+
+from core.jobs import JobState
+
+_ERROR_CODES = ["BADINPUT", "UNAUTHORIZED", "FORBIDDEN", "NOTFOUND", "METHOD_NOT_ALLOWED",
+                "CONFLICT", "LENGTH_REQUIRED", "TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE",
+                "INTERNAL", "UNAVAILABLE"]
+_ERRORS = {
+    "400": "bad input: the message names the field (error_code BADINPUT or a more precise code)",
+    "401": "missing or wrong bearer token (only when api_token is set)",
+    "404": "no such job or route",
+    "405": "method not allowed for this route",
+    "409": "the job is in a state that does not allow this",
+    "411": "a body without Content-Length",
+    "413": "the body is larger than max_request_bytes",
+    "415": "a body that is not JSON",
+    "500": "internal error; the server log has the details",
+    "503": "the job store or queue is unavailable; try again later",
+}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ok(properties: dict, required: list[str], description: str) -> dict:
+    schema = {"type": "object", "required": ["success", *required],
+              "properties": {"success": {"const": True}, **properties}}
+    return _json(schema, description)
+
+
+def _responses(ok: dict, *errors: int) -> dict:
+    answers = {"200": ok}
+    for status in sorted({*errors, 401, 500}):
+        answers[str(status)] = _json(_ref("Error"), _ERRORS[str(status)])
+    return answers
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}}
+_JOB_ANSWER = _ok({"job": _ref("Job")}, ["job"], "the job")
+
+
+def _submit() -> dict:
+    return {
+        "summary": "Queue an encoding job (the original media-nommer call)",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref("SubmitRequest")}}},
+        "responses": _responses(_ok({"job_id": {"type": "string"}}, ["job_id"], "queued"),
+                                400, 411, 413, 415, 503),
+    }
+
+
+def _action(summary: str) -> dict:
+    return {"post": {"summary": summary, "parameters": [_JOB_ID],
+                     "responses": _responses(_JOB_ANSWER, 404, 409, 503)}}
+
+
+def _list_jobs() -> dict:
+    return {"get": {
+        "summary": "Jobs newest first, a page at a time",
+        "parameters": [
+            {"name": "state", "in": "query", "schema": {"type": "string",
+                                                        "enum": [s.value for s in JobState]},
+             "description": "only jobs in this state (any case)"},
+            {"name": "limit", "in": "query",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+            {"name": "cursor", "in": "query", "schema": {"type": "string"},
+             "description": "next_cursor of the previous page"}],
+        "responses": _responses(_ok({"jobs": {"type": "array", "items": _ref("Job")},
+                                     "next_cursor": {"type": ["string", "null"]}},
+                                    ["jobs", "next_cursor"], "a page of jobs"), 400, 503)}}
+
+
+def _schemas() -> dict:
+    text_or_null = {"type": ["string", "null"]}
+    return {
+        "Error": {"type": "object", "required": ["success", "error_code", "message"],
+                  "properties": {"success": {"const": False},
+                                 "error_code": {"type": "string", "enum": _ERROR_CODES},
+                                 "message": {"type": "string"}}},
+        "SubmitRequest": {
+            "type": "object", "required": ["source_path", "dest_path", "job_options"],
+            "additionalProperties": False,
+            "properties": {
+                "source_path": {"type": "string", "description": "file://, http(s):// or s3:// URI"},
+                "dest_path": {"type": "string", "description": "file:// or s3:// URI"},
+                "notify_url": {**text_or_null, "description": "receives each state change"},
+                "job_options": {"type": "object", "description":
+                                "{nommer, options: [passes]} as the original, or "
+                                "{preset: NAME, overrides...} (see GET /presets)"}}},
+        "Job": {
+            "type": "object",
+            "required": ["id", "state", "state_details", "progress", "attempts", "created_at",
+                         "updated_at", "node", "source", "destination", "notify_url",
+                         "options", "sent_options"],
+            "properties": {
+                "id": {"type": "string"},
+                "state": {"type": "string", "enum": [s.value for s in JobState]},
+                "state_details": {"type": "string"},
+                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "attempts": {"type": "integer", "minimum": 0},
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "node": text_or_null,
+                "source": {"type": "string", "description": "credentials removed"},
+                "destination": {"type": "string", "description": "credentials removed"},
+                "notify_url": text_or_null,
+                "options": {"type": "object", "description": "what the encoder runs"},
+                "sent_options": {"type": ["object", "null"],
+                                 "description": "what the client sent"}}},
+        "Encoder": {"type": "object",
+                    "required": ["id", "state", "active_jobs", "last_report", "started_at"],
+                    "properties": {"id": {"type": "string"},
+                                   "state": {"type": "string",
+                                             "enum": ["working", "idle", "stopped"]},
+                                   "active_jobs": {"type": "integer"},
+                                   "last_report": {"type": "string", "format": "date-time"},
+                                   "started_at": {"type": "string", "format": "date-time"}}},
+        "Preset": {"type": "object", "required": ["name", "description", "extension",
+                                                  "overrides"],
+                   "properties": {"name": {"type": "string"}, "description": {"type": "string"},
+                                  "extension": {"type": "string"},
+                                  "container": {"type": "string"},
+                                  "video": text_or_null, "audio": text_or_null,
+                                  "overrides": {"type": "object"}}},
+    }
+
+
+def _paths() -> dict:
+    submit = {"post": _submit()}
+    plain = {"get": {
+        "summary": "The dashboard: a page listing jobs, live (no token needed to load it; "
+                   "it asks for one when the API has api_token)",
+        "security": [],
+        "responses": {"200": {"description": "HTML",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+    return {
+        "/job/submit/": submit,
+        "/job/submit": submit,
+        "/jobs": _list_jobs(),
+        "/jobs/": _list_jobs(),
+        "/jobs/{job_id}": {"get": {"summary": "One job", "parameters": [_JOB_ID],
+                                   "responses": _responses(_JOB_ANSWER, 404, 503)}},
+        "/jobs/{job_id}/cancel": _action("Cancel a job that has not ended"),
+        "/jobs/{job_id}/retry": _action(
+            "Run again a job that ended ERROR, ABANDONED or CANCELLED: same id, back to "
+            "PENDING, attempts counted on, the previous ending kept in state_details"),
+        "/encoders": {"get": {"summary": "Encoders as they last reported themselves",
+                              "responses": _responses(_ok(
+                                  {"encoders": {"type": "array", "items": _ref("Encoder")}},
+                                  ["encoders"], "every encoder report"), 503)}},
+        "/presets": {"get": {"summary": "The catalogue presets a submit may name",
+                             "responses": _responses(_ok(
+                                 {"presets": {"type": "array", "items": _ref("Preset")}},
+                                 ["presets"], "the catalogue"))}},
+        "/health": {"get": {
+            "summary": "Liveness and the new-job queue (no token needed)", "security": [],
+            "responses": {
+                "200": _ok({"status": {"const": "ok"}, "queued": {"type": "integer"},
+                            "in_flight": {"type": "integer"}},
+                           ["status", "queued", "in_flight"], "store and queue answer"),
+                "503": _json(_ref("Error"), _ERRORS["503"])}}},
+        "/metrics": {"get": {
+            "summary": "The whole system's figures (Prometheus text format)",
+            "responses": {
+                "200": {"description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": _json(_ref("Error"), _ERRORS["401"]),
+                "503": _json(_ref("Error"), _ERRORS["503"])}}},
+        "/openapi.json": {"get": {
+            "summary": "This description (no token needed)", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1",
+                                  "content": {"application/json": {
+                                      "schema": {"type": "object"}}}}}}},
+        "/": plain,
+    }
+
+
+def describe(version: str) -> dict:
+    """The OpenAPI 3.1 document of the API."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "media-nommer", "version": version,
+                 "description": "Every answer is JSON with `success`; an error adds "
+                                "`error_code` and `message`. With api_token set, send "
+                                "`Authorization: Bearer <token>`."},
+        "components": {"schemas": _schemas(),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+    }
