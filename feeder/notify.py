@@ -19,7 +19,8 @@ import logging
 import time
 from urllib.parse import urlencode
 
-from core.outbound import OutboundError, Target, open_hop, parse_target, redirect_target
+from core.outbound import (UNREACHABLE, OutboundError, Target, open_hop, parse_target,
+                           redirect_target)
 from core.reach import Reach
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,10 @@ def send_notification(url: str, job_id: str, state: str, details: str, timeout_s
 def _post_once(target: Target, body: bytes, reach: Reach, deadline: float, timeout_s: float,
                connect_timeout_s: float) -> tuple[int, str | None]:
     """One POST: (status, Location header or None)."""
+    # A receiver that hangs reads like a closed port: the text must not tell
+    # a client what listens at an address.
     if deadline - time.monotonic() <= 0:
-        raise NotifyError(f"no answer within {timeout_s:g} s")
+        raise NotifyError(f"receiver {UNREACHABLE}")
     try:
         with open_hop(target, reach, method="POST", body=body,
                       headers={"User-Agent": USER_AGENT, "Content-Type": CONTENT_TYPE},
@@ -127,5 +130,5 @@ def _post_once(target: Target, body: bytes, reach: Reach, deadline: float, timeo
             return exchange.status, exchange.header("Location")
     except OutboundError:
         if time.monotonic() >= deadline:
-            raise NotifyError(f"no answer within {timeout_s:g} s") from None
+            raise NotifyError(f"receiver {UNREACHABLE}") from None
         raise
