@@ -80,6 +80,10 @@ class Job:
     `announce_version` is the outbox: the version whose state change is
     still to be announced (written with the change itself), None once it
     was announced.
+    `outputs` describes what the job wrote, one dict per output, once it is
+    FINISHED (None before): uri, size_bytes, duration_s, container,
+    video_codec, audio_codec, width, height, bitrate and kind ("file", "hls");
+    an hls output adds master_playlist, renditions and segments.
     """
 
     id: str
@@ -98,6 +102,7 @@ class Job:
     version: int = 0
     announce_version: int | None = None
     sent_options: dict | None = None
+    outputs: list | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -38,11 +38,21 @@ class MediaInfo:
     format_name: the demuxer's name list, e.g. "mov,mp4,m4a,3gp,3g2,mj2".
     duration_s: seconds, or None when the container does not say.
     streams: (kind, codec) per stream in order, kind lower-case, e.g. ("video", "h264").
+    bit_rate: the container's overall bits per second, when known.
+    width, height, frame_rate: of the first video stream, when there is one.
     """
 
     format_name: str
     duration_s: float | None
     streams: tuple[tuple[str, str], ...]
+    bit_rate: int | None = None
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = None
+
+    def codec(self, kind: str) -> str | None:
+        """The codec of the first stream of `kind` ("video", "audio"), or None."""
+        return next((codec for found, codec in self.streams if found == kind), None)
 
     @property
     def demuxer(self) -> str:
@@ -82,7 +92,20 @@ def read_probe(text: str) -> MediaInfo | str:
     if duration is not None and not isinstance(duration, (int, float)):
         raise ValueError("duration_s is not a number")
     streams = tuple((str(kind).lower(), str(codec)) for kind, codec in data["streams"])
-    return MediaInfo(str(data["format_name"]), float(duration) if duration else None, streams)
+    video = data.get("video") or {}
+    return MediaInfo(str(data["format_name"]), float(duration) if duration else None, streams,
+                     bit_rate=_whole(data.get("bit_rate")), width=_whole(video.get("width")),
+                     height=_whole(video.get("height")),
+                     frame_rate=_positive(video.get("frame_rate")))
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _positive(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and 0 < value < 10000 else None
 
 
 def probe(ffmpeg: str, path: str, allowed_formats: Iterable[str] | None = None,

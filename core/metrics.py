@@ -80,9 +80,12 @@ def histogram_increments(name: str, value_s: float, **labels: str) -> dict[str, 
 
 def job_kind(job: Job) -> str:
     """What a job's figures are labelled with: the catalogue preset it named,
-    else its first pass's video codec, else "other"."""
+    "outputs" for a job of several outputs (or a ladder), else its first
+    pass's video codec, else "other"."""
     if isinstance(job.sent_options, dict) and isinstance(job.sent_options.get("preset"), str):
         return job.sent_options["preset"]
+    if isinstance(job.options, dict) and "outputs" in job.options:
+        return "outputs"
     for one_pass in (job.options or {}).get("options", [])[:1]:
         for pair in one_pass.get("outfile_options", []):
             if pair and pair[0] in ("c:v", "vcodec", "codec:v") and len(pair) > 1:

@@ -4,7 +4,8 @@ libraries (PyAV) and print what it holds as one JSON object.
     python -m core.probe PATH [--formats mov,mp4,...]
 
 prints {"format_name": ..., "duration_s": float or null, "streams":
-[[kind, codec], ...]}, or {"error": ..., "refused": bool} when the file
+[[kind, codec], ...], "bit_rate": int or null, "video": {"width", "height",
+"frame_rate"} of the first video stream or null}, or {"error": ..., "refused": bool} when the file
 cannot be opened. Fields are read from the libraries' structures, never
 parsed from text, so metadata in the file (a title with newlines) cannot
 change them. It runs as a child so that a file that crashes the
@@ -37,7 +38,18 @@ def describe(path: str, formats: str | None) -> dict:
                    for stream in container.streams]
         return {"format_name": container.format.name,
                 "duration_s": duration / _AV_TIME_BASE if duration and duration > 0 else None,
-                "streams": streams}
+                "streams": streams,
+                "bit_rate": container.bit_rate or None,
+                "video": _first_video(container)}
+
+
+def _first_video(container) -> dict | None:
+    for stream in container.streams.video:
+        context = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        return {"width": context.width or None, "height": context.height or None,
+                "frame_rate": float(rate) if rate else None}
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,8 @@ class Settings:
     # Largest output frame (width x height, pixels) and frame rate accepted at submit.
     max_frame_pixels: int = 8192 * 4320
     max_frame_rate: float = 240.0
+    # Outputs one job may ask for ("outputs": [...] at submit).
+    max_outputs_per_job: int = 8
     # False: a source ffmpeg decodes with errors fails the job (a truncated
     # file would otherwise end FINISHED with a short output).
     tolerate_decode_errors: bool = False
@@ -260,7 +262,7 @@ def _validate(settings: Settings) -> None:
                 "feederd_auto_scale_interval", "local_queue_poll_ms", "spot_check_interval_s",
                 "outbound_connect_timeout_s", "notify_per_receiver", "download_deadline_s",
                 "download_rate_window_s", "encode_time_factor", "max_output_bytes",
-                "max_frame_pixels", "max_frame_rate")
+                "max_frame_pixels", "max_frame_rate", "max_outputs_per_job")
     for key in positive:
         if getattr(settings, key) <= 0:
             raise ConfigError(f"setting {key!r}: must be greater than zero")

@@ -214,12 +214,33 @@ def check_destination(uri: object, settings: Settings, field: str = "dest_path")
     file is uploaded, so the segments would be lost.
     """
     checked = _check(uri, field, settings, DESTINATION_CHECKS)
+    if checked.endswith("/"):
+        raise ValidationError(f"{field}: names a folder or prefix (ending in '/'); only an "
+                              "hls output is written to one")
     suffix = os.path.splitext(urllib.parse.urlsplit(checked).path)[1].lower()
     if suffix in MULTI_FILE_SUFFIXES:
         raise ValidationError(f"{field}: a {suffix} destination is written as several files "
-                              "(a playlist and its segments); only single-file outputs are "
-                              "supported")
+                              "(a playlist and its segments); for HLS give the hls preset a "
+                              "prefix ending in '/' (file:///.../dir/ or s3://bucket/prefix/); "
+                              "other playlists and manifests (DASH .mpd, ...) are not supported")
     return checked
+
+
+def check_destination_prefix(uri: object, settings: Settings, field: str = "dest_path") -> str:
+    """Return `uri` if an output of several files may be written under it: a
+    file:// folder inside the roots or an s3:// prefix, ending in '/'. Else
+    raise ValidationError naming `field`."""
+    if not isinstance(uri, str) or not uri.endswith("/"):
+        raise ValidationError(f"{field}: an hls output is written to a folder or prefix "
+                              "ending in '/' (file:///.../dir/ or s3://bucket/prefix/)")
+    stem = uri.rstrip("/")
+    if "?" in uri or "#" in uri or not stem or stem.endswith((":", ":/")):
+        raise ValidationError(f"{field}: names no folder or prefix "
+                              "(file:///.../dir/ or s3://bucket/prefix/)")
+    # The folder itself is checked as a file would be: inside the roots (not
+    # a root itself), or a bucket with a non-empty key.
+    _check(stem, field, settings, DESTINATION_CHECKS)
+    return uri
 
 
 def check_notify_url(uri: object, settings: Settings, field: str = "notify_url") -> str:

@@ -4,7 +4,8 @@ Routes (every answer is JSON with "success"; errors add "error_code" and
 "message"):
 
     POST /job/submit/          the original's call: {source_path, dest_path,
-                               notify_url?, job_options} -> {"job_id"}
+                               notify_url?, job_options} -> {"job_id"}; or
+                               {source_path, notify_url?, outputs: [...]}
     GET  /jobs/<id>            one job
     GET  /jobs?state=&limit=&cursor=
                                jobs newest first, a page at a time
@@ -42,9 +43,9 @@ from core.backends import Backends, open_backends
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound, ValidationError)
 from core.jobs import Job, JobState
-from core.options import check_output_caps
+from core.outputs import options_for_submit
 from core.reach import listen_refusal
-from core.presets import listing as preset_listing, options_to_run
+from core.presets import listing as preset_listing
 from core.settings import Settings, load
 from feeder import dashboard, metrics as system_metrics, openapi
 from feeder.waitress_json import answer_errors_as_json
@@ -56,7 +57,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_CURSOR_CHARS = 1024
 
-SUBMIT_FIELDS = ("source_path", "dest_path", "notify_url", "job_options")
+SUBMIT_FIELDS = ("source_path", "dest_path", "notify_url", "job_options", "outputs")
 
 # Bodies are parsed as JSON whatever these say: the original's client library
 # (urllib2 with a JSON string as data) sends application/x-www-form-urlencoded.
@@ -241,16 +242,16 @@ class _Routes:
             raise ApiError(400, f"unknown field {unknown[0][:40]!r}; "
                                 f"known fields: {', '.join(SUBMIT_FIELDS)}")
         source = uris.check_source(body.get("source_path"), self.settings)
-        destination = uris.check_destination(body.get("dest_path"), self.settings)
+        destination, options = options_for_submit(body, self.settings)
         notify_url = body.get("notify_url")
         # The original's client sends "notify_url": null when there is none.
         if notify_url is not None and notify_url != "":
             notify_url = uris.check_notify_url(notify_url, self.settings)
         else:
             notify_url = None
-        sent = body.get("job_options")
-        options = options_to_run(sent)
-        check_output_caps(options, self.settings.max_frame_pixels, self.settings.max_frame_rate)
+        # What the client sent: its job_options, or its outputs.
+        sent = body.get("job_options") if body.get("outputs") is None \
+            else {"outputs": body["outputs"]}
         job = self.backends.jobs.submit(source, destination, options, notify_url,
                                         sent_options=sent)
         log.info("job %s submitted", job.id)

@@ -255,6 +255,7 @@ class FFmpegRunner:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
+        self.last_stderr = ""
         # Set by cancel(): a download for the same job watches it too.
         self.stop_event = threading.Event()
 
@@ -277,7 +278,8 @@ class FFmpegRunner:
 
     def run(self, argv: list[str], duration_s: float | None,
             on_progress: Callable[[int], None] | None = None,
-            span: tuple[int, int] = (0, 100), output_path: str | None = None) -> None:
+            span: tuple[int, int] = (0, 100), output_path: str | None = None,
+            time_scale: float = 1.0) -> None:
         """Run one pass to the end.
 
         `on_progress(percent)` gets increasing whole percents within `span`,
@@ -286,12 +288,16 @@ class FFmpegRunner:
         the tail of stderr if ffmpeg fails; an exception from `on_progress`
         kills ffmpeg and propagates. A pass that outruns the time limit for
         `duration_s`, or whose `output_path` outgrows the size cap, is killed
-        and raises MediaError naming the limit.
+        and raises MediaError naming the limit. `output_path` may be a folder
+        (its files count together); `time_scale` multiplies the time limit (a
+        pass writing several outputs). `last_stderr` keeps the tail of
+        ffmpeg's stderr afterwards.
         """
         with self._lock:
             if self._cancelled:
                 raise EncodeCancelled("encoding was stopped")
             self._limit_hit = None
+            self.last_stderr = ""
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True,
@@ -301,8 +307,11 @@ class FFmpegRunner:
             except OSError as exc:
                 raise MediaError(f"ffmpeg could not be run: {exc.strerror or exc}") from None
             self._proc = proc
+        time_limit_s = self.limits.time_limit_s(duration_s)
+        if time_limit_s is not None:
+            time_limit_s *= time_scale
         enforcer = threading.Thread(target=self._enforce_limits,
-                                    args=(proc, self.limits.time_limit_s(duration_s), output_path),
+                                    args=(proc, time_limit_s, output_path),
                                     name=f"ffmpeg-{proc.pid}-limits", daemon=True)
         enforcer.start()
         tail: collections.deque[bytes] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -321,6 +330,7 @@ class FFmpegRunner:
             enforcer.join(timeout=5)
             proc.stdout.close()
             proc.stderr.close()
+        self.last_stderr = b"".join(tail).decode("utf-8", "replace")
         if self._cancelled:
             raise EncodeCancelled("encoding was stopped")
         if self._limit_hit:
@@ -329,7 +339,7 @@ class FFmpegRunner:
         if reason:
             raise MediaError(reason)
         if returncode != 0:
-            text = b"".join(tail).decode("utf-8", "replace")
+            text = self.last_stderr
             reason = failure_reason(returncode, error_lines(text, self.replacements))
             if self.limits.max_memory_bytes and any(sign in text for sign in _OUT_OF_MEMORY):
                 reason = (f"stopped by a limit: ffmpeg needed more than "
@@ -399,6 +409,10 @@ def _free_bytes(path: str) -> int:
 
 
 def _size(path: str) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if os.path.isdir(path):
+        return sum(_size(os.path.join(folder, name))
+                   for folder, _dirs, names in os.walk(path) for name in names)
     try:
         return os.path.getsize(path)
     except OSError:

@@ -23,6 +23,9 @@ from core.interfaces import Message, Storage
 from core.jobs import ACTIVE_STATES, Job, JobState, utcnow
 from core.errors import MediaError
 from core.settings import Settings
+from core.media import MediaInfo
+from core.outputs import is_several
+from nommerd import outputs
 from nommerd.ffmpeg import (EncodeCancelled, EncodeLimits, FFmpegRunner, build_pass_argvs,
                             check_source, output_name)
 
@@ -52,6 +55,15 @@ MAX_BACKOFF_S = 10.0
 def _lease_is_live(job: Job) -> bool:
     return (job.state in ACTIVE_STATES and job.lease_expires_at is not None
             and job.lease_expires_at > utcnow())
+
+
+def _progress_to(held: "HeldJob", runner: FFmpegRunner) -> Callable[[int], None]:
+    """An ffmpeg progress callback that heartbeats the job, and stops ffmpeg
+    when the job is no longer ours."""
+    def on_progress(percent: int) -> None:
+        if not held.heartbeat(progress=percent):
+            runner.cancel()
+    return on_progress
 
 
 class JobLost(NommerError):
@@ -430,9 +442,16 @@ class Worker:
         try:
             source = os.path.join(work_dir, "source")
             self._download(held, runner, source)
-            output = self._encode(held, runner, source, work_dir)
-            self._upload(held, output)
-            held.advance(JobState.FINISHED)
+            held.advance(JobState.ENCODING)
+            info = check_source(self.ffmpeg, source)
+            if is_several(held.job.options):
+                described = self._encode_several(held, runner, source, info, work_dir)
+            else:
+                output = self._encode(held, runner, source, info, work_dir)
+                self._upload(held, output)
+                described = [outputs.describe_file(self.ffmpeg, output, held.job.destination,
+                                                   held.job.options["options"])]
+            held.advance(JobState.FINISHED, outputs=described)
             self.queue.delete(message.receipt)
             log.info("job %s: FINISHED", held.job.id)
         except (EncodeCancelled, JobLost, JobReleased):
@@ -471,18 +490,13 @@ class Worker:
         self.jobs.metrics.add("download_bytes_total", size)
         self._check_release(held)
 
-    def _encode(self, held: HeldJob, runner: FFmpegRunner, source: str, work_dir: str) -> str:
-        held.advance(JobState.ENCODING)
-        info = check_source(self.ffmpeg, source)
+    def _encode(self, held: HeldJob, runner: FFmpegRunner, source: str, info: MediaInfo,
+                work_dir: str) -> str:
         output = os.path.join(work_dir, output_name(held.job.destination))
         argvs = build_pass_argvs(self.ffmpeg, held.job.options, source, info.demuxer, output,
                                  work_dir, self.settings.tolerate_decode_errors,
                                  duration_s=info.duration_s)
-
-        def on_progress(percent: int) -> None:
-            if not held.heartbeat(progress=percent):
-                runner.cancel()
-
+        on_progress = _progress_to(held, runner)
         for number, argv in enumerate(argvs):
             span = (100 * number // len(argvs), 100 * (number + 1) // len(argvs))
             log.info("job %s: pass %d of %d", held.job.id, number + 1, len(argvs))
@@ -494,6 +508,29 @@ class Worker:
         held.advance(JobState.UPLOADING)
         self.storage.upload(output, held.job.destination)
         self.jobs.metrics.add("upload_bytes_total", os.path.getsize(output))
+
+    def _encode_several(self, held: HeldJob, runner: FFmpegRunner, source: str,
+                        info: MediaInfo, work_dir: str) -> list[dict]:
+        """Encode and upload every output of the job; returns their descriptions."""
+        planned = outputs.plan(held.job.options, work_dir)
+        runner.replacements.update(outputs.path_names(planned))
+        log.info("job %s: %d outputs", held.job.id, len(planned))
+        outputs.encode(self.ffmpeg, runner, planned, source, info, work_dir,
+                       self.settings.tolerate_decode_errors, _progress_to(held, runner))
+        self._check_release(held)
+        described = [outputs.describe(self.ffmpeg, output, info) for output in planned]
+        held.advance(JobState.UPLOADING)
+        # Single files first, then each ladder with its playlists last: a
+        # reader never finds a playlist naming a file not yet there.
+        for output in sorted(planned, key=lambda output: output.kind == "hls"):
+            if output.kind == "hls":
+                self.storage.upload_files(outputs.upload_files(output), output.destination,
+                                          stop=runner.stop_event)
+            else:
+                self.storage.upload(output.local_path, output.destination)
+        self.jobs.metrics.add("upload_bytes_total",
+                              sum(one.get("size_bytes") or 0 for one in described))
+        return described
 
     # --- endings -------------------------------------------------------
 

@@ -111,8 +111,8 @@ def _job_item(job: Job, version: int, token: str) -> dict:
         "version": {"N": str(version)},
         "created_key": {"S": _created_key(job)},
         "listing": {"S": _listing_key(job.id)},
-        "sent_options": _string(None if job.sent_options is None
-                                else json.dumps(job.sent_options, sort_keys=True)),
+        "sent_options": _json_or_null(job.sent_options),
+        "outputs": _json_or_null(job.outputs),
     }
     if job.announce_version is not None:
         # The outbox; `outbox` keys the sparse index that finds it.
@@ -160,13 +160,18 @@ def _job_from_item(item: dict) -> Job:
         lease_expires_at=text_to_time(_unstring(item["lease_expires_at"])),
         version=int(item["version"]["N"]),
         announce_version=int(item["announce_version"]["N"]) if "announce_version" in item else None,
-        sent_options=_sent_options(item),
+        sent_options=_json_field(item, "sent_options"),
+        outputs=_json_field(item, "outputs"),
     )
 
 
-def _sent_options(item: dict) -> dict | None:
+def _json_or_null(value) -> dict:
+    return _string(None if value is None else json.dumps(value, sort_keys=True))
+
+
+def _json_field(item: dict, name: str):
     # Items written before the field existed have no attribute at all.
-    text = _unstring(item["sent_options"]) if "sent_options" in item else None
+    text = _unstring(item[name]) if name in item else None
     return json.loads(text) if text else None
 
 

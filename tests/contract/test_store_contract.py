@@ -47,6 +47,18 @@ def test_every_field_survives_create_and_get(store):
     assert fetched.notify_url is None
 
 
+def test_a_finished_jobs_outputs_survive_update_and_get_even_past_one_simpledb_value(store):
+    created = store.create_job(_job("job-1"))
+    outputs = [{"kind": "file", "uri": f"s3://out/clip-{height}p.mp4", "size_bytes": 123456789,
+                "duration_s": 5.02, "container": "mp4", "video_codec": "h264",
+                "audio_codec": "aac", "width": height * 16 // 9, "height": height,
+                "bitrate": 800000, "note": "é" * 40} for height in (360, 720, 1080)] * 4
+    assert len(json.dumps(outputs)) > 2048
+    store.update_job(dataclasses.replace(created, outputs=outputs), expected_version=1)
+    assert store.get_job("job-1").outputs == outputs
+    assert store.list_jobs()[0][0].outputs == outputs
+
+
 def test_a_job_without_sent_options_reads_back_none(store):
     store.create_job(_job("job-1"))
     assert store.get_job("job-1").sent_options is None
@@ -374,6 +386,7 @@ def test_sqlite_store_opens_a_database_made_before_sent_options(tmp_path):
     store = SQLiteJobStore(str(path))
     try:
         assert store.get_job("old-1").sent_options is None
+        assert store.get_job("old-1").outputs is None
         store.create_job(_job("new-1", sent_options={"preset": "mp4-720p"}))
         assert store.get_job("new-1").sent_options == {"preset": "mp4-720p"}
     finally:

@@ -1,0 +1,234 @@
+"""A job's outputs as a submit asks for them: checked and stored in one form.
+
+A submit names one output as the original did (`dest_path` and
+`job_options`), or several:
+
+    "outputs": [{"destination": "file:///.../a-720p.mp4", "job_options": {"preset": "mp4-720p"}},
+                {"destination": "s3://bucket/show/", "job_options": {"preset": "hls"}}]
+
+Each output is checked exactly as a single one is (the allowlist, the frame
+caps, the destination), and a refusal names it ("outputs[1].destination:
+..."). The original single-output form of a plain file is stored as it
+always was; everything else is stored as
+
+    {"nommer": FFMPEG_NOMMER,
+     "outputs": [{"destination": uri, "kind": "file", "options": [pass, ...]},
+                 {"destination": prefix, "kind": "hls", "hls": {...}}]}
+
+so that the encoder runs the one-pass file outputs and the HLS ladders from
+one decode of the source (nommerd.outputs).
+
+An `hls` output (the preset `hls`, or "kind": "hls") writes an adaptive
+ladder under a destination prefix ending in '/': one H.264 rendition per
+rung (never above the source's height), one shared AAC audio rendition,
+segments of `segment_s` seconds (fMP4 by default, TS with
+"segment_type": "ts") and a master playlist.
+"""
+from __future__ import annotations
+
+import re
+
+from core import uris
+from core.errors import ValidationError
+from core.options import FFMPEG_NOMMER, KNOWN_NOMMERS, check_output_caps
+from core.presets import options_to_run
+from core.settings import Settings
+
+KINDS = ("file", "hls")
+_OUTPUT_KEYS = ("destination", "job_options", "kind")
+
+HLS_PRESET = "hls"
+DEFAULT_LADDER = (360, 720, 1080)
+MAX_RUNGS = 6
+MIN_HEIGHT, MAX_HEIGHT = 144, 4320
+DEFAULT_SEGMENT_S = 6
+MIN_SEGMENT_S, MAX_SEGMENT_S = 1, 30
+SEGMENT_TYPES = ("fmp4", "ts")
+HLS_DEFAULTS = {"segment_s": DEFAULT_SEGMENT_S, "segment_type": "fmp4",
+                "audio_bitrate": "128k", "encoder_preset": "veryfast"}
+_HLS_KEYS = ("preset", "nommer", "ladder", *HLS_DEFAULTS)
+_BITRATE = re.compile(r"\d{1,6}[kKmM]?", re.ASCII)
+_ENCODER_PRESET = frozenset({"ultrafast", "superfast", "veryfast", "faster", "fast",
+                             "medium", "slow", "slower", "veryslow"})
+# One-pass outputs share the source's input: of its input options only these
+# can be given to one output alone (as output options, frame-accurate).
+PER_OUTPUT_INPUT_OPTIONS = ("ss", "t", "to")
+
+
+def default_video_bitrate(height: int) -> str:
+    """A rung's default H.264 bitrate: 5000k at 1080 lines, following
+    height^1.5 (2700k at 720, 950k at 360), in steps of 50k."""
+    return f"{max(100, round(5000 * (height / 1080) ** 1.5 / 50) * 50)}k"
+
+
+def is_hls_request(job_options: object) -> bool:
+    return isinstance(job_options, dict) and job_options.get("preset") == HLS_PRESET
+
+
+def is_several(options: dict) -> bool:
+    """True for options stored in the outputs form (above)."""
+    return isinstance(options, dict) and "outputs" in options
+
+
+def options_for_submit(body: dict, settings: Settings) -> tuple[str, dict]:
+    """(destination, options to store) for a submit body; `destination` is the
+    job's own (the first output's when there are several).
+
+    Raises ValidationError naming the field.
+    """
+    if body.get("outputs") is not None:
+        for key in ("dest_path", "job_options"):
+            if body.get(key) is not None:
+                raise ValidationError(f"{key}: give either dest_path and job_options, or "
+                                      "outputs, not both")
+        outputs = _checked_outputs(body["outputs"], settings)
+        return outputs[0]["destination"], {"nommer": FFMPEG_NOMMER, "outputs": outputs}
+    sent = body.get("job_options")
+    if is_hls_request(sent):
+        output = _checked_output({"destination": body.get("dest_path"), "job_options": sent},
+                                 settings, "dest_path", "job_options")
+        return output["destination"], {"nommer": FFMPEG_NOMMER, "outputs": [output]}
+    destination = uris.check_destination(body.get("dest_path"), settings)
+    options = options_to_run(sent)
+    check_output_caps(options, settings.max_frame_pixels, settings.max_frame_rate)
+    return destination, options
+
+
+def _checked_outputs(outputs: object, settings: Settings) -> list[dict]:
+    limit = settings.max_outputs_per_job
+    if not isinstance(outputs, list) or not outputs:
+        raise ValidationError(f"outputs must be a list of 1 to {limit} objects with "
+                              "destination and job_options")
+    if len(outputs) > limit:
+        raise ValidationError(f"outputs has {len(outputs)} entries; at most {limit} are allowed "
+                              "(setting max_outputs_per_job)")
+    checked = []
+    for index, output in enumerate(outputs):
+        where = f"outputs[{index}]"
+        if not isinstance(output, dict):
+            raise ValidationError(f"{where} must be an object with destination and job_options")
+        unknown = sorted(set(output) - set(_OUTPUT_KEYS))
+        if unknown:
+            raise ValidationError(f"{where}: unknown key {str(unknown[0])[:40]!r}; known: "
+                                  f"{', '.join(_OUTPUT_KEYS)}")
+        one = _checked_output(output, settings, f"{where}.destination", f"{where}.job_options")
+        if one["kind"] == "file" and len(one["options"]) == 1:
+            _check_shared_input(one["options"][0], f"{where}.job_options.options[0]")
+        checked.append(one)
+    _check_apart([one["destination"] for one in checked])
+    return checked
+
+
+def _checked_output(output: dict, settings: Settings, dest_field: str,
+                    options_field: str) -> dict:
+    kind = output.get("kind")
+    sent = output.get("job_options")
+    if kind is None:
+        kind = HLS_PRESET if is_hls_request(sent) else "file"
+    if kind not in KINDS:
+        raise ValidationError(f"{dest_field.rsplit('.', 1)[0]}.kind {str(kind)[:40]!r} is not "
+                              f"known; known kinds: {', '.join(KINDS)}")
+    if kind == HLS_PRESET:
+        if sent is not None and not is_hls_request(sent):
+            raise ValidationError(f"{options_field}: an hls output takes the preset 'hls' "
+                                  "and its overrides")
+        destination = uris.check_destination_prefix(output.get("destination"), settings,
+                                                     dest_field)
+        return {"destination": destination, "kind": kind,
+                "hls": hls_spec(sent or {}, settings, options_field)}
+    destination = uris.check_destination(output.get("destination"), settings, dest_field)
+    options = options_to_run(sent, options_field)
+    check_output_caps(options, settings.max_frame_pixels, settings.max_frame_rate,
+                      options_field)
+    return {"destination": destination, "kind": kind, "options": options["options"]}
+
+
+def _check_shared_input(encoding_pass: dict, where: str) -> None:
+    for key, _value in encoding_pass["infile_options"]:
+        if key not in PER_OUTPUT_INPUT_OPTIONS:
+            raise ValidationError(
+                f"{where}.infile_options: option {key!r} cannot be given to one output of "
+                f"several (they share one input); only {', '.join(PER_OUTPUT_INPUT_OPTIONS)} can")
+
+
+def _check_apart(destinations: list[str]) -> None:
+    for index, destination in enumerate(destinations):
+        for other, earlier in enumerate(destinations[:index]):
+            if destination == earlier or (earlier.endswith("/")
+                                          and destination.startswith(earlier)) \
+                    or (destination.endswith("/") and earlier.startswith(destination)):
+                raise ValidationError(f"outputs[{index}].destination: overlaps "
+                                      f"outputs[{other}].destination")
+
+
+def hls_spec(request: dict, settings: Settings, field: str) -> dict:
+    """The stored form of an hls output's request: {"ladder": [{"height",
+    "video_bitrate"}, ...], "segment_s", "segment_type", "audio_bitrate",
+    "encoder_preset"}. Raises ValidationError naming the field."""
+    unknown = sorted(set(request) - set(_HLS_KEYS))
+    if unknown:
+        raise ValidationError(f"{field}: preset 'hls' takes no override {str(unknown[0])[:40]!r}; "
+                              f"it takes: ladder, {', '.join(HLS_DEFAULTS)}")
+    if request.get("nommer", FFMPEG_NOMMER) not in KNOWN_NOMMERS:
+        raise ValidationError(f"{field}.nommer is not known; known nommers: "
+                              f"{', '.join(KNOWN_NOMMERS)}")
+    spec = dict(HLS_DEFAULTS)
+    segment_s = request.get("segment_s", DEFAULT_SEGMENT_S)
+    if isinstance(segment_s, bool) or not isinstance(segment_s, int) \
+            or not MIN_SEGMENT_S <= segment_s <= MAX_SEGMENT_S:
+        raise ValidationError(f"{field}.segment_s must be a whole number of seconds from "
+                              f"{MIN_SEGMENT_S} to {MAX_SEGMENT_S}")
+    spec["segment_s"] = segment_s
+    segment_type = request.get("segment_type", "fmp4")
+    if segment_type not in SEGMENT_TYPES:
+        raise ValidationError(f"{field}.segment_type must be one of {', '.join(SEGMENT_TYPES)}")
+    spec["segment_type"] = segment_type
+    spec["audio_bitrate"] = _bitrate(request.get("audio_bitrate", "128k"),
+                                     f"{field}.audio_bitrate")
+    encoder_preset = request.get("encoder_preset", "veryfast")
+    if encoder_preset not in _ENCODER_PRESET:
+        raise ValidationError(f"{field}.encoder_preset must be an x264 preset: "
+                              f"{', '.join(sorted(_ENCODER_PRESET))}")
+    spec["encoder_preset"] = encoder_preset
+    spec["ladder"] = _ladder(request.get("ladder", list(DEFAULT_LADDER)), settings,
+                             f"{field}.ladder")
+    return spec
+
+
+def _bitrate(value: object, field: str) -> str:
+    if not isinstance(value, str) or not _BITRATE.fullmatch(value):
+        raise ValidationError(f"{field} must be a bitrate like 1500k or 2M")
+    return value
+
+
+def _ladder(ladder: object, settings: Settings, field: str) -> list[dict]:
+    if not isinstance(ladder, list) or not 1 <= len(ladder) <= MAX_RUNGS:
+        raise ValidationError(f"{field} must be a list of 1 to {MAX_RUNGS} heights like "
+                              "[360, 720, 1080] or objects {\"height\": 720, "
+                              "\"video_bitrate\": \"2500k\"}")
+    rungs = []
+    for index, rung in enumerate(ladder):
+        where = f"{field}[{index}]"
+        if isinstance(rung, dict):
+            unknown = sorted(set(rung) - {"height", "video_bitrate"})
+            if unknown:
+                raise ValidationError(f"{where}: unknown key {str(unknown[0])[:40]!r}; "
+                                      "known: height, video_bitrate")
+            height = rung.get("height")
+        else:
+            height, rung = rung, {}
+        if isinstance(height, bool) or not isinstance(height, int) \
+                or not MIN_HEIGHT <= height <= MAX_HEIGHT or height % 2:
+            raise ValidationError(f"{where}: the height must be an even whole number of pixels "
+                                  f"from {MIN_HEIGHT} to {MAX_HEIGHT}")
+        # The width follows the source's shape; 16:9 is what caps are judged on.
+        if height * height * 16 // 9 > settings.max_frame_pixels:
+            raise ValidationError(f"{where}: the output frame is larger than "
+                                  f"{settings.max_frame_pixels} pixels (setting max_frame_pixels)")
+        bitrate = rung.get("video_bitrate", default_video_bitrate(height))
+        rungs.append({"height": height,
+                      "video_bitrate": _bitrate(bitrate, f"{where}.video_bitrate")})
+    heights = [rung["height"] for rung in rungs]
+    if len(set(heights)) != len(heights):
+        raise ValidationError(f"{field}: each height may appear once")
+    return sorted(rungs, key=lambda rung: rung["height"])

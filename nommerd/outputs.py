@@ -1,0 +1,214 @@
+"""A job's several outputs from one download and one decode of the source.
+
+Options in the outputs form (core.outputs) become:
+
+- one ffmpeg process for every one-pass file output and every HLS ladder:
+  the source is opened and decoded once, and each output has its own
+  encoders, filters and muxer (ladders split the decoded video with a
+  filter graph, one scaler per rendition);
+- then one ffmpeg per two-pass output (its two passes, as a single-output
+  job runs them): a first pass analyses a whole encode before the second
+  writes, so it cannot share a process with outputs written in one go.
+
+Every output is written under work_dir/out/<index>/, so the size cap
+watches them all together and errors name the output ("outputs[1]/...").
+A failure of any output fails the job.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable
+
+from core.errors import MediaError
+from core.media import MediaInfo, probe
+from core.outputs import PER_OUTPUT_INPUT_OPTIONS
+from nommerd import hls
+from nommerd.ffmpeg import (FFmpegRunner, _flags, _seek_in_seconds, build_pass_argvs,
+                            output_name)
+
+_FFMPEG_OUTPUT = re.compile(r"out#(\d+)")
+
+
+@dataclasses.dataclass
+class Output:
+    """One output of the job, as the encoder works on it."""
+
+    index: int
+    destination: str
+    kind: str             # "file" or "hls"
+    local_dir: str        # work_dir/out/<index>
+    passes: list          # a file output's passes (wire form); [] for hls
+    hls: dict | None = None
+    variants: list = dataclasses.field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"outputs[{self.index}]"
+
+    @property
+    def local_path(self) -> str:
+        """A file output's file."""
+        return os.path.join(self.local_dir, output_name(self.destination))
+
+    @property
+    def shared(self) -> bool:
+        """Written by the one ffmpeg that all one-pass outputs share."""
+        return self.kind == "hls" or len(self.passes) == 1
+
+
+def plan(job_options: dict, work_dir: str) -> list[Output]:
+    """The outputs of `job_options` (the outputs form), each with its folder made."""
+    outputs = []
+    for index, spec in enumerate(job_options["outputs"]):
+        local_dir = os.path.join(work_dir, "out", str(index))
+        os.makedirs(local_dir, exist_ok=True)
+        outputs.append(Output(index, spec["destination"], spec["kind"], local_dir,
+                              spec.get("options") or [], spec.get("hls")))
+    return outputs
+
+
+def path_names(outputs: list[Output]) -> dict[str, str]:
+    """Local folders -> the names errors show for them."""
+    return {output.local_dir + os.sep: output.where + "/" for output in outputs}
+
+
+def shared_argv(ffmpeg: str, outputs: list[Output], source_path: str, info: MediaInfo,
+                tolerate_decode_errors: bool) -> list[str]:
+    """The one ffmpeg command that writes every shared output of `outputs`."""
+    argv = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1"]
+    if not tolerate_decode_errors:
+        argv.append("-xerror")
+    argv += ["-protocol_whitelist", "file", "-f", info.demuxer, "-i", source_path]
+    graphs, per_output = [], []
+    for output in outputs:
+        if output.kind == "hls":
+            graph, args = hls.ladder_args(output.hls, info, output.local_dir, f"o{output.index}")
+            graphs.append(graph)
+            per_output.append(args)
+        else:
+            per_output.append(_file_args(output, info))
+    if graphs:
+        argv += ["-filter_complex", ";".join(graphs)]
+    for args in per_output:
+        argv += args
+    return argv
+
+
+def _file_args(output: Output, info: MediaInfo) -> list[str]:
+    options = output.passes[0]
+    # The input is shared: this output's own seek and length become output
+    # options (frame-accurate, cut from the shared decode). Others are
+    # refused at submit.
+    moved = [[key, value] for key, value in
+             _seek_in_seconds(options.get("infile_options") or [], info.duration_s)
+             if key in PER_OUTPUT_INPUT_OPTIONS]
+    args = _flags(moved) + _flags(options.get("outfile_options") or [])
+    if options.get("move_atom_to_front"):
+        args += ["-movflags", "+faststart"]
+    return args + [output.local_path]
+
+
+def encode(ffmpeg: str, runner: FFmpegRunner, outputs: list[Output], source_path: str,
+           info: MediaInfo, work_dir: str, tolerate_decode_errors: bool,
+           on_progress: Callable[[int], None]) -> None:
+    """Write every output: the shared run first, then each two-pass output.
+
+    Progress spans the whole job (the shared run weighs as one encode per
+    output in it, a two-pass output as two). Raises MediaError naming the
+    output that failed, EncodeCancelled when stopped.
+    """
+    shared = [output for output in outputs if output.shared]
+    alone = [output for output in outputs if not output.shared]
+    runs: list[tuple[list[list[str]], list[Output], int]] = []
+    if shared:
+        runs.append(([shared_argv(ffmpeg, shared, source_path, info, tolerate_decode_errors)],
+                     shared, len(shared)))
+    for output in alone:
+        argvs = build_pass_argvs(ffmpeg, {"options": output.passes}, source_path, info.demuxer,
+                                 output.local_path, output.local_dir, tolerate_decode_errors,
+                                 duration_s=info.duration_s)
+        runs.append((argvs, [output], len(argvs)))
+    total = sum(weight for _argvs, _outs, weight in runs)
+    done = 0
+    out_root = os.path.join(work_dir, "out")
+    for argvs, members, weight in runs:
+        for number, argv in enumerate(argvs):
+            share = weight / len(argvs)
+            span = (int(100 * (done + number * share) / total),
+                    int(100 * (done + (number + 1) * share) / total))
+            try:
+                runner.run(argv, info.duration_s, on_progress, span, output_path=out_root,
+                           time_scale=len(members))
+            except MediaError as exc:
+                raise MediaError(f"{_failed(runner.last_stderr, members)}: {exc}") from None
+        done += weight
+    for output in outputs:
+        if output.kind == "hls":
+            output.variants = hls.fix_master(output.local_dir, info)
+
+
+def _failed(stderr: str, members: list[Output]) -> str:
+    """Which output a failed run's stderr blames ("out#1" is ffmpeg's second output)."""
+    if len(members) == 1:
+        return members[0].where
+    found = _FFMPEG_OUTPUT.search(stderr)
+    if found and int(found[1]) < len(members):
+        return members[int(found[1])].where
+    return ", ".join(output.where for output in members)
+
+
+def upload_files(output: Output) -> list:
+    """The files of an hls output, in upload order: segments and init files
+    (any order), then the media playlists, then the master playlist."""
+    from core.interfaces import OutputFile
+    from core.storage.content_types import content_type_for
+
+    media, playlists = [], []
+    for folder, _dirs, names in sorted(os.walk(output.local_dir)):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            key = os.path.relpath(path, output.local_dir).replace(os.sep, "/")
+            if key == hls.MASTER:
+                continue
+            one = OutputFile(path, key, content_type_for(name), last=name.endswith(".m3u8"))
+            (playlists if one.last else media).append(one)
+    master = os.path.join(output.local_dir, hls.MASTER)
+    return media + playlists + [OutputFile(master, hls.MASTER, content_type_for(hls.MASTER),
+                                           last=True)]
+
+
+def describe_file(ffmpeg: str, path: str, uri: str, passes: list) -> dict:
+    """What the job record says of one written file (probed; a file the
+    probe cannot read is described by its size alone)."""
+    size_bytes = os.path.getsize(path)
+    described = {"kind": "file", "uri": uri, "size_bytes": size_bytes, "duration_s": None,
+                 "container": _container(path, passes), "video_codec": None,
+                 "audio_codec": None, "width": None, "height": None, "bitrate": None}
+    try:
+        info = probe(ffmpeg, path)
+    except MediaError:
+        return described
+    bitrate = info.bit_rate
+    if not bitrate and info.duration_s:
+        bitrate = round(size_bytes * 8 / info.duration_s)
+    described.update(
+        duration_s=round(info.duration_s, 3) if info.duration_s else None,
+        video_codec=info.codec("video"), audio_codec=info.codec("audio"),
+        width=info.width, height=info.height, bitrate=bitrate)
+    return described
+
+
+def _container(path: str, passes: list) -> str:
+    for key, value in (passes[-1].get("outfile_options") or [] if passes else []):
+        if key == "f":
+            return value
+    return os.path.splitext(path)[1].lstrip(".").lower() or "unknown"
+
+
+def describe(ffmpeg: str, output: Output, info: MediaInfo) -> dict:
+    if output.kind == "hls":
+        return hls.describe(output.local_dir, output.destination, output.variants,
+                            info.codec("audio") is not None)
+    return describe_file(ffmpeg, output.local_path, output.destination, output.passes)
