@@ -8,9 +8,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 
 from core.jobs import Job, JobState
+from core.storage.output_files import stopped, upload_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +212,22 @@ class Fleet(abc.ABC):
         """Stop these encoders (they finish or release their jobs first)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputFile:
+    """One file of a set uploaded under a destination prefix (Storage.upload_files).
+
+    `key` is its path below the prefix, "/"-separated ("720p/seg_00001.m4s");
+    `content_type` comes from core.storage.content_types. `last` marks
+    playlists and manifests: uploaded after every other file, in the order
+    given, so a reader never sees one naming a file not yet there.
+    """
+
+    local_path: str
+    key: str
+    content_type: str
+    last: bool = False
+
+
 class Storage(abc.ABC):
     """Reads sources and writes destinations for the URI schemes it serves."""
 
@@ -233,3 +251,23 @@ class Storage(abc.ABC):
 
     def check_destination(self, uri: str) -> None:
         """Raise ValidationError if `uri` can never be written (bad form). Cheap; no I/O."""
+
+    def upload_files(self, files: Sequence[OutputFile], prefix_uri: str,
+                     stop: threading.Event | None = None) -> None:
+        """Upload every file to `prefix_uri` + file.key (`prefix_uri` ends with "/").
+
+        Files not marked `last` first (an implementation may upload them in
+        parallel), then the `last` ones one by one in the order given. Every
+        key is checked before anything is written (no "..", no leading "/").
+        Raises StorageError naming the file on the first failure, and soon
+        after `stop` is set; a backend may raise BackendError when its
+        service fails (the job is tried again later).
+
+        This default uploads one file after another with `upload`, which
+        chooses the content type itself; backends that store one override it.
+        """
+        first, last = upload_order(files, prefix_uri)
+        for file in first + last:
+            if stop is not None and stop.is_set():
+                raise stopped(prefix_uri)
+            self.upload(file.local_path, prefix_uri + file.key)

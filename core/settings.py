@@ -179,6 +179,10 @@ class Settings:
     ec2_spot: bool = False
     # With ec2_spot: launch on-demand when no Spot capacity is left anywhere.
     ec2_spot_fallback_on_demand: bool = True
+    # S3 requests (whole small files, or parts of large ones) in flight at
+    # once when an encoder uploads a set of files (an HLS ladder). At most
+    # 10: a boto3 client keeps that many connections.
+    s3_upload_parallel_requests: int = 8
     cluster_name: str = "media-nommer"
     # The instance metadata service (IMDSv2) nommerd asks for its instance id
     # and for Spot interruption notices; another URL only for tests.
@@ -266,6 +270,8 @@ def _validate(settings: Settings) -> None:
     for key in positive:
         if getattr(settings, key) <= 0:
             raise ConfigError(f"setting {key!r}: must be greater than zero")
+    if not 1 <= settings.s3_upload_parallel_requests <= 10:
+        raise ConfigError("setting 's3_upload_parallel_requests': must be from 1 to 10")
     if settings.min_encoders > settings.max_num_ec2_instances:
         raise ConfigError("setting 'min_encoders': larger than 'max_num_ec2_instances'")
     if not 0 < settings.scale_wait_tail_prob <= 1:

@@ -265,7 +265,25 @@ def file_path_in_roots(uri: str, roots: Iterable[Path], field: str) -> Path:
     return _file_path(parts, roots, field)
 
 
-def _file_path(parts: urllib.parse.SplitResult, roots: Iterable[Path], field: str) -> Path:
+def file_folder_in_roots(uri: str, roots: Iterable[Path], field: str) -> Path:
+    """The resolved local folder a file:// prefix `uri` ("file:///out/hls/",
+    ending with "/") names: a root or a folder inside one. The same form
+    rules as file_path_in_roots. Raises ValidationError naming `field`."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        raise ValidationError(f"{field} is not a valid URI") from None
+    if not parts.path.endswith("/"):
+        raise ValidationError(f"{field}: a destination folder ends with '/' (file:///path/dir/)")
+    resolved = Path(os.path.realpath(_raw_file_path(parts, field)))
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise ValidationError(f"{field}: the folder is outside the folders this system "
+                              "may use (setting 'file_roots')")
+    return resolved
+
+
+def _raw_file_path(parts: urllib.parse.SplitResult, field: str) -> str:
+    """The decoded absolute path of a file:// URI, after its form checks."""
     if parts.scheme.lower() != "file":
         raise ValidationError(f"{field} is not a file:// URI")
     if parts.netloc.lower() not in ("", "localhost"):
@@ -283,6 +301,11 @@ def _file_path(parts: urllib.parse.SplitResult, roots: Iterable[Path], field: st
         raise ValidationError(f"{field}: the file path must be absolute (file:///path/name.mp4)")
     if _has_control_chars(raw):
         raise ValidationError(f"{field}: the file path contains control characters")
+    return raw
+
+
+def _file_path(parts: urllib.parse.SplitResult, roots: Iterable[Path], field: str) -> Path:
+    raw = _raw_file_path(parts, field)
     if raw.endswith("/"):
         raise ValidationError(f"{field}: the file path names a folder, not a file")
     resolved = Path(os.path.realpath(raw))

@@ -10,12 +10,14 @@ import os
 import shutil
 import stat
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from core.errors import StorageError, ValidationError
 from core.interfaces import Storage
+from core.storage.output_files import stopped, upload_order
 from core.storage.transfer import CHUNK_BYTES, copy_limited
-from core.uris import file_path_in_roots
+from core.uris import file_folder_in_roots, file_path_in_roots
 
 
 class FileStorage(Storage):
@@ -68,7 +70,29 @@ class FileStorage(Storage):
     def upload(self, local_path: str, uri: str) -> None:
         """Write `local_path` to the destination atomically, creating missing
         folders inside the root. Raises StorageError when not writable."""
-        path = self._checked(uri, "destination")
+        self._write(local_path, self._checked(uri, "destination"), uri)
+
+    def upload_files(self, files, prefix_uri: str, stop=None) -> None:
+        """Write every file below the folder `prefix_uri` names, one at a
+        time, each atomically, the `last` ones after all others in the order
+        given (see Storage.upload_files). The folder may be a root; a key
+        whose resolved path (symbolic links followed) leaves the folder is
+        refused. Raises StorageError naming the file."""
+        first, last = upload_order(files, prefix_uri)
+        try:
+            folder = file_folder_in_roots(prefix_uri, self.roots, "destination")
+        except ValidationError as exc:
+            raise StorageError(str(exc)) from None
+        for file in first + last:
+            if stop is not None and stop.is_set():
+                raise stopped(prefix_uri)
+            uri = prefix_uri + urllib.parse.quote(file.key)
+            path = self._checked(uri, "destination")
+            if not path.is_relative_to(folder):
+                raise StorageError(f"destination {uri} leads outside {prefix_uri}")
+            self._write(file.local_path, path, uri)
+
+    def _write(self, local_path: str, path: Path, uri: str) -> None:
         if path.is_dir():
             raise StorageError(f"destination {uri} is a folder")
         try:

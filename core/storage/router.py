@@ -58,6 +58,9 @@ class StorageRouter(Storage):
     def upload(self, local_path: str, uri: str) -> None:
         self._for_transfer(uri).upload(local_path, uri)
 
+    def upload_files(self, files, prefix_uri: str, stop: threading.Event | None = None) -> None:
+        self._for_transfer(prefix_uri).upload_files(files, prefix_uri, stop=stop)
+
     def check_source(self, uri: str) -> None:
         self._for_check(uri, "source").check_source(uri)
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 import ipaddress
 import mimetypes
 import os
+import queue
 import re
+from collections.abc import Sequence
 
 import boto3.s3.transfer
 import botocore.exceptions
+import s3transfer.subscribers
 
 from core.aws import aws_errors, error_code
 from core.errors import StorageError, ValidationError
-from core.interfaces import Storage
+from core.interfaces import OutputFile, Storage
 from core.settings import Settings
+from core.storage.output_files import stopped, upload_order
 
 SCHEME = "s3"
 CREDENTIALS_REFUSAL = (
@@ -34,6 +38,8 @@ CREDENTIALS_REFUSAL = (
 MULTIPART_THRESHOLD_BYTES = 16 * 1024 * 1024
 MULTIPART_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_KEY_BYTES = 1024
+# How soon a set's upload notices its stop event.
+_STOP_CHECK_S = 0.1
 
 # Current S3 bucket naming rules (3-63 characters; lowercase letters,
 # digits, dots, hyphens; a letter or digit at each end).
@@ -96,6 +102,28 @@ def _stopper(uri: str, stop):
     return on_progress
 
 
+class _Ended(s3transfer.subscribers.BaseSubscriber):
+    """Puts (uri, future) on `ended` when a transfer ends, stored or not."""
+
+    def __init__(self, ended: queue.Queue, uri: str):
+        self._ended = ended
+        self._uri = uri
+
+    def on_done(self, future, **kwargs) -> None:
+        self._ended.put((self._uri, future))
+
+
+def _raise_for(future, uri: str) -> None:
+    """Raise what the ended transfer of `uri` failed with, as a core.errors type."""
+    with aws_errors(f"writing destination {uri}"):
+        try:
+            future.result()
+        except botocore.exceptions.ClientError as exc:
+            raise _refusal(exc, "destination", uri) or exc
+        except OSError as exc:
+            raise StorageError(f"uploading {uri} failed: {exc.strerror or exc}") from None
+
+
 def _refusal(exc: botocore.exceptions.ClientError, role: str, uri: str) -> StorageError | None:
     """The StorageError for an S3 answer that retrying cannot change, else None."""
     code = error_code(exc)
@@ -123,18 +151,25 @@ class S3Storage(Storage):
     schemes = (SCHEME,)
 
     def __init__(self, client, multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES,
-                 multipart_chunk_bytes: int = MULTIPART_CHUNK_BYTES, max_concurrency: int = 4):
+                 multipart_chunk_bytes: int = MULTIPART_CHUNK_BYTES, max_concurrency: int = 4,
+                 upload_parallel_requests: int = 8):
         self._client = client
         self._transfer_config = boto3.s3.transfer.TransferConfig(
             multipart_threshold=multipart_threshold_bytes,
             multipart_chunksize=multipart_chunk_bytes,
             max_concurrency=max_concurrency)
+        self._set_config = boto3.s3.transfer.TransferConfig(
+            multipart_threshold=multipart_threshold_bytes,
+            multipart_chunksize=multipart_chunk_bytes,
+            max_concurrency=upload_parallel_requests,
+            preferred_transfer_client="classic")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Storage":
         from core.aws import client
 
-        return cls(client(settings, "s3"))
+        return cls(client(settings, "s3"),
+                   upload_parallel_requests=settings.s3_upload_parallel_requests)
 
     def check_source(self, uri: str) -> None:
         parse_s3_uri(uri, "source")
@@ -199,6 +234,50 @@ class S3Storage(Storage):
                     raise _refusal(exc, "destination", uri) or exc
         except OSError as exc:
             raise StorageError(f"uploading to {uri} failed: {exc.strerror or exc}") from None
+
+    def upload_files(self, files: Sequence[OutputFile], prefix_uri: str, stop=None) -> None:
+        """Upload every file to `prefix_uri` + key with its content type (see
+        Storage.upload_files).
+
+        One s3transfer manager carries the files not marked `last`: up to
+        `upload_parallel_requests` requests at once, a file above the
+        multipart threshold in parts. Once all of them are stored, the `last`
+        ones follow one at a time in the order given. On the first failure,
+        or once `stop` is set, the transfers still running are cancelled
+        (an unfinished multipart upload is aborted) before this returns.
+
+        Raises StorageError naming the file (bad key, unreadable local file,
+        missing bucket, access denied) or saying it was stopped;
+        BackendError naming the file when S3 fails after retries.
+        """
+        first, last = upload_order(files, prefix_uri)
+        targets = {file.key: self._parsed(prefix_uri + file.key, "destination") for file in files}
+        # Leaving the manager's block by an exception cancels the transfers
+        # still running (aborting unfinished multipart uploads) and waits for
+        # them. (Its shutdown(cancel=True) fails in s3transfer 0.19.)
+        with boto3.s3.transfer.create_transfer_manager(self._client, self._set_config) as manager:
+            for batch in [first] + [[file] for file in last]:
+                self._upload_batch(manager, batch, prefix_uri, targets, stop)
+
+    def _upload_batch(self, manager, batch, prefix_uri: str, targets, stop) -> None:
+        """Upload `batch` through `manager` at once; return when all are
+        stored. Raises on the first that fails, or once `stop` is set."""
+        ended: queue.Queue = queue.Queue()
+        for file in batch:
+            bucket, key = targets[file.key]
+            manager.upload(file.local_path, bucket, key,
+                           extra_args={"ContentType": file.content_type},
+                           subscribers=[_Ended(ended, prefix_uri + file.key)])
+        for _ in batch:
+            while True:
+                if stop is not None and stop.is_set():
+                    raise stopped(prefix_uri)
+                try:
+                    uri, future = ended.get(timeout=_STOP_CHECK_S)
+                    break
+                except queue.Empty:
+                    continue
+            _raise_for(future, uri)
 
     def _bucket_exists(self, bucket: str) -> bool:
         # A HEAD answer has no body: 404 says "no key" and "no bucket" alike.
