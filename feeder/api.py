@@ -124,6 +124,8 @@ def job_view(job: Job) -> dict:
         "options": job.options,
         # What the client sent: a preset's name, or options before translation.
         "sent_options": job.sent_options,
+        # What each output is, once the job FINISHED.
+        "outputs": job.outputs,
     }
 
 

@@ -22,8 +22,10 @@ import re
 from collections.abc import Callable
 
 from core.errors import MediaError
+from core.interfaces import OutputFile
 from core.media import MediaInfo, probe
 from core.outputs import PER_OUTPUT_INPUT_OPTIONS
+from core.storage.content_types import content_type_for
 from nommerd import hls
 from nommerd.ffmpeg import (FFmpegRunner, _flags, _seek_in_seconds, build_pass_argvs,
                             output_name)
@@ -153,18 +155,20 @@ def _failed(stderr: str, members: list[Output]) -> str:
     """Which output a failed run's stderr blames ("out#1" is ffmpeg's second output)."""
     if len(members) == 1:
         return members[0].where
-    found = _FFMPEG_OUTPUT.search(stderr)
-    if found and int(found[1]) < len(members):
-        return members[int(found[1])].where
+    errors = [line for line in stderr.splitlines() if "rror" in line]
+    named = [output for output in members
+             if any(output.local_dir + os.sep in line for line in errors)]
+    if len(named) == 1:
+        return named[0].where
+    found = [int(number) for line in errors for number in _FFMPEG_OUTPUT.findall(line)]
+    if found and len(set(found)) == 1 and found[0] < len(members):
+        return members[found[0]].where
     return ", ".join(output.where for output in members)
 
 
-def upload_files(output: Output) -> list:
+def upload_files(output: Output) -> list[OutputFile]:
     """The files of an hls output, in upload order: segments and init files
     (any order), then the media playlists, then the master playlist."""
-    from core.interfaces import OutputFile
-    from core.storage.content_types import content_type_for
-
     media, playlists = [], []
     for folder, _dirs, names in sorted(os.walk(output.local_dir)):
         for name in sorted(names):

@@ -513,7 +513,8 @@ class Worker:
                         info: MediaInfo, work_dir: str) -> list[dict]:
         """Encode and upload every output of the job; returns their descriptions."""
         planned = outputs.plan(held.job.options, work_dir)
-        runner.replacements.update(outputs.path_names(planned))
+        # Before the work folder's own entry, which would cut these short.
+        runner.replacements = {**outputs.path_names(planned), **runner.replacements}
         log.info("job %s: %d outputs", held.job.id, len(planned))
         outputs.encode(self.ffmpeg, runner, planned, source, info, work_dir,
                        self.settings.tolerate_decode_errors, _progress_to(held, runner))

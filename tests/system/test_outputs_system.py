@@ -1,0 +1,141 @@
+"""Several outputs in one job, and HLS ladders, on the whole running system
+(supervisord, the API, an encoder, real ffmpeg): what each output holds,
+what the job record says of it, and a failure of one output failing the job."""
+from __future__ import annotations
+
+import pytest
+
+from core.app.cli import ApiRefused
+from core.app.local_system import LocalSystem, wait_for
+from core.media import ffmpeg_path, make_sample_clip
+from tests.fixtures.hls_checks import check_ladder
+from tests.fixtures.media_checks import describe
+
+pytestmark = pytest.mark.timeout(300)
+
+FAST = {
+    "NOMMER_FEEDERD_AUTO_SCALE_INTERVAL": "0.5",
+    "NOMMER_MAX_NUM_EC2_INSTANCES": "1",
+    "NOMMER_NOMMERD_HEARTBEAT_INTERVAL_S": "1",
+    "NOMMER_NOMMERD_MAX_INACTIVITY": "120",
+    "NOMMER_PROGRESS_INTERVAL_MS": "500",
+}
+CLIP_S = 8.0
+ENDED = {"FINISHED", "ERROR", "ABANDONED", "CANCELLED"}
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    with LocalSystem(tmp_path_factory.mktemp("outputs"), FAST) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def clip(system):
+    path = system.media_dir / "in" / "clip-720p.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_sample_clip(ffmpeg_path(system.settings), str(path), duration_s=CLIP_S,
+                            size="1280x720", rate=25)
+
+
+def submit(system, body: dict) -> str:
+    return system.client.call("POST", "/job/submit/", body)["job_id"]
+
+
+def ended(system, job_id: str) -> dict:
+    def done():
+        job = system.client.job(job_id)
+        return job if job["state"] in ENDED else None
+    try:
+        return wait_for(done, 240, interval_s=0.25, what=f"job {job_id} to end")
+    except TimeoutError:
+        print(system.log_tail("nommerd_00"))
+        raise
+
+
+def test_one_job_writes_files_and_an_hls_ladder_and_describes_each(system, clip):
+    out = system.media_dir / "out-many"
+    x264 = [["c:v", "libx264"], ["preset", "ultrafast"], ["b:v", "300k"], ["an", None],
+            ["f", "matroska"]]
+    job_id = submit(system, {"source_path": f"file://{clip}", "outputs": [
+        {"destination": (out / "small.mp4").as_uri(),
+         "job_options": {"preset": "mp4-360p", "encoder_preset": "ultrafast"}},
+        {"destination": (out / "hls").as_uri() + "/", "job_options": {"preset": "hls"}},
+        {"destination": (out / "poster.jpg").as_uri(),
+         "job_options": {"preset": "poster-jpeg", "time": "25%"}},
+        {"destination": (out / "two-pass.mkv").as_uri(),
+         "job_options": {"nommer": "ffmpeg", "options": [{"outfile_options": x264},
+                                                         {"outfile_options": x264}]}},
+    ]})
+    job = ended(system, job_id)
+    assert job["state"] == "FINISHED", job["state_details"]
+
+    small = describe(ffmpeg_path(system.settings), str(out / "small.mp4"))
+    assert (small.width, small.height, small.audio_codec) == (640, 360, "aac")
+    assert abs(small.duration_s - CLIP_S) < 0.1
+    assert describe(ffmpeg_path(system.settings), str(out / "two-pass.mkv")).height == 720
+    # The source is 720 lines: the default ladder's 1080p rung is left out.
+    check_ladder(ffmpeg_path(system.settings), out / "hls", CLIP_S, [360, 720])
+
+    described = job["outputs"]
+    assert [one["kind"] for one in described] == ["file", "hls", "file", "file"]
+    first = described[0]
+    assert first["uri"] == (out / "small.mp4").as_uri()
+    assert first["size_bytes"] == (out / "small.mp4").stat().st_size
+    assert (first["container"], first["video_codec"], first["audio_codec"]) == \
+        ("mp4", "h264", "aac")
+    assert (first["width"], first["height"]) == (640, 360) and first["bitrate"] > 0
+    assert abs(first["duration_s"] - CLIP_S) < 0.1
+    ladder = described[1]
+    assert ladder["master_playlist"] == (out / "hls" / "master.m3u8").as_uri()
+    assert ladder["renditions"] == 2 and ladder["segments"] >= 6
+    assert (ladder["width"], ladder["height"]) == (1280, 720)
+    assert described[2]["video_codec"] == "mjpeg"
+
+
+def test_a_single_output_job_is_described_too(system, clip):
+    dest = system.media_dir / "out-one" / "one.mp4"
+    job_id = system.client.submit_options(f"file://{clip}", dest.as_uri(),
+                                          {"preset": "mp4-360p", "encoder_preset": "ultrafast"})
+    job = ended(system, job_id)
+    assert job["state"] == "FINISHED", job["state_details"]
+    [one] = job["outputs"]
+    assert one["uri"] == dest.as_uri() and one["size_bytes"] == dest.stat().st_size
+    assert (one["width"], one["height"]) == (640, 360)
+
+
+def test_an_hls_ladder_in_ts_segments_from_the_single_output_form(system, clip):
+    dest = system.media_dir / "out-ts"
+    job_id = system.client.submit_options(
+        f"file://{clip}", dest.as_uri() + "/",
+        {"preset": "hls", "segment_type": "ts", "segment_s": 2, "ladder": [180, 360]})
+    job = ended(system, job_id)
+    assert job["state"] == "FINISHED", job["state_details"]
+    assert {path.suffix for path in (dest / "360p").iterdir()} == {".ts", ".m3u8"}
+    check_ladder(ffmpeg_path(system.settings), dest, CLIP_S, [180, 360])
+
+
+def test_a_failing_output_fails_the_job_naming_it(system, clip):
+    out = system.media_dir / "out-fail"
+    job_id = submit(system, {"source_path": f"file://{clip}", "outputs": [
+        {"destination": (out / "good.mp4").as_uri(),
+         "job_options": {"preset": "mp4-360p", "encoder_preset": "ultrafast"}},
+        {"destination": (out / "bad.mp4").as_uri(),
+         "job_options": {"nommer": "ffmpeg", "options": [
+             {"outfile_options": [["c:v", "no_such_encoder"]]}]}},
+    ]})
+    job = ended(system, job_id)
+    assert job["state"] == "ERROR"
+    assert job["state_details"].startswith("outputs[1]")
+    assert job["outputs"] is None
+
+
+def test_an_output_refused_at_submit_is_named(system, clip):
+    with pytest.raises(ApiRefused) as refused:
+        submit(system, {"source_path": f"file://{clip}", "outputs": [
+            {"destination": (system.media_dir / "a.mp4").as_uri(),
+             "job_options": {"preset": "mp4-360p"}},
+            {"destination": (system.media_dir / "list.m3u8").as_uri(),
+             "job_options": {"preset": "mp4-360p"}}]})
+    assert "outputs[1].destination" in str(refused.value)
+    assert "hls preset" in str(refused.value)
