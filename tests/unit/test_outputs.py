@@ -1,0 +1,129 @@
+"""A submit's outputs: each checked exactly as a single output is, refusals
+naming the output, HLS ladders checked and stored in one form, and the
+original single-output form stored as it always was."""
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ValidationError
+from core.outputs import default_video_bitrate, options_for_submit
+from core.settings import Settings
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "media").mkdir()
+    return tmp_path / "media"
+
+
+@pytest.fixture
+def settings(root):
+    return Settings(file_roots=(str(root),))
+
+
+def refusal(body: dict, settings: Settings) -> str:
+    with pytest.raises(ValidationError) as refused:
+        options_for_submit(body, settings)
+    return str(refused.value)
+
+
+def test_the_original_single_output_form_is_stored_as_before(root, settings):
+    dest = (root / "a.mp4").as_uri()
+    destination, options = options_for_submit(
+        {"dest_path": dest, "job_options": {"preset": "mp4-360p"}}, settings)
+    assert destination == dest and set(options) == {"nommer", "options"}
+
+
+def test_several_outputs_are_stored_each_with_its_destination_and_passes(root, settings):
+    first, ladder = (root / "a.mp4").as_uri(), (root / "hls").as_uri() + "/"
+    destination, options = options_for_submit({"outputs": [
+        {"destination": first, "job_options": {"preset": "mp4-720p", "width": 960}},
+        {"destination": ladder, "job_options": {"preset": "hls", "ladder": [
+            720, {"height": 360, "video_bitrate": "700k"}], "segment_type": "ts"}},
+    ]}, settings)
+    assert destination == first
+    one, two = options["outputs"]
+    assert one["kind"] == "file" and one["destination"] == first
+    assert dict(one["options"][0]["outfile_options"])["vf"].startswith("scale='min(960,iw)'")
+    assert two == {"destination": ladder, "kind": "hls", "hls": {
+        "ladder": [{"height": 360, "video_bitrate": "700k"},
+                   {"height": 720, "video_bitrate": default_video_bitrate(720)}],
+        "segment_s": 6, "segment_type": "ts", "audio_bitrate": "128k",
+        "encoder_preset": "veryfast"}}
+
+
+@pytest.mark.parametrize("output, words", [
+    ({"destination": "file:///etc/x.mp4", "job_options": {"preset": "mp4-360p"}},
+     "outputs[1].destination: the file path is outside"),
+    ({"destination": "MEDIA/list.m3u8", "job_options": {"preset": "mp4-360p"}},
+     "outputs[1].destination: a .m3u8 destination is written as several files"),
+    ({"destination": "MEDIA/dash.mpd", "job_options": {"preset": "mp4-360p"}},
+     "(DASH .mpd, ...) are not supported"),
+    ({"destination": "MEDIA/dir/", "job_options": {"preset": "mp4-360p"}},
+     "outputs[1].destination: the file path names a folder"),
+    ({"destination": "MEDIA/hls", "job_options": {"preset": "hls"}},
+     "outputs[1].destination: an hls output is written to a folder or prefix ending in '/'"),
+    ({"destination": "MEDIA/b.mp4", "job_options": {"preset": "mp4-360p", "speed": 1}},
+     "outputs[1].job_options: preset 'mp4-360p' takes no override 'speed'"),
+    ({"destination": "MEDIA/b.mp4", "job_options": {"nommer": "ffmpeg", "options": [
+        {"outfile_options": [["filter_complex", "x"]]}]}},
+     "outputs[1].job_options.options[0].outfile_options: option 'filter_complex' is not allowed"),
+    ({"destination": "MEDIA/b.mp4", "job_options": {"nommer": "ffmpeg", "options": [
+        {"outfile_options": [["s", "99999x99999"]]}]}},
+     "outputs[1].job_options.options[0].outfile_options: the output frame is larger"),
+    ({"destination": "MEDIA/b.mp4", "job_options": {"nommer": "ffmpeg", "options": [
+        {"infile_options": [["r", "25"]], "outfile_options": []}]}},
+     "outputs[1].job_options.options[0].infile_options: option 'r' cannot be given to one "
+     "output of several"),
+    ({"destination": "MEDIA/a.mp4", "job_options": {"preset": "mp4-360p"}},
+     "outputs[1].destination: overlaps outputs[0].destination"),
+    ({"destination": "MEDIA/h/", "job_options": {"preset": "hls", "ladder": [361]}},
+     "outputs[1].job_options.ladder[0]: the height must be an even whole number"),
+    ({"destination": "MEDIA/h/", "job_options": {"preset": "hls", "ladder": [360, 360]}},
+     "outputs[1].job_options.ladder: each height may appear once"),
+    ({"destination": "MEDIA/h/", "job_options": {"preset": "hls", "segment_type": "cmaf"}},
+     "outputs[1].job_options.segment_type must be one of fmp4, ts"),
+    ({"destination": "MEDIA/h/", "job_options": {"preset": "hls", "segment_s": 0}},
+     "outputs[1].job_options.segment_s must be a whole number"),
+    ({"destination": "MEDIA/h/", "kind": "dash"}, "outputs[1].kind 'dash' is not known"),
+    ({"destination": "MEDIA/h/", "kind": "hls", "job_options": {"preset": "mp4-360p"}},
+     "outputs[1].job_options: an hls output takes the preset 'hls'"),
+    ({"destination": "MEDIA/b.mp4", "job_options": {"preset": "mp4-360p"}, "x": 1},
+     "outputs[1]: unknown key 'x'"),
+])
+def test_each_output_is_checked_and_a_refusal_names_it(root, settings, output, words):
+    output = {key: value.replace("MEDIA/", root.as_uri() + "/") if isinstance(value, str)
+              else value for key, value in output.items()}
+    body = {"outputs": [{"destination": (root / "a.mp4").as_uri(),
+                         "job_options": {"preset": "mp4-360p"}}, output]}
+    assert words in refusal(body, settings)
+
+
+def test_outputs_and_the_single_output_fields_do_not_mix(root, settings):
+    body = {"dest_path": (root / "a.mp4").as_uri(), "outputs": [
+        {"destination": (root / "b.mp4").as_uri(), "job_options": {"preset": "mp4-360p"}}]}
+    assert "give either dest_path and job_options, or outputs" in refusal(body, settings)
+
+
+def test_more_outputs_than_the_setting_allows_are_refused(root, settings):
+    body = {"outputs": [{"destination": (root / f"{index}.mp4").as_uri(),
+                         "job_options": {"preset": "mp4-360p"}} for index in range(9)]}
+    assert "setting max_outputs_per_job" in refusal(body, settings)
+
+
+def test_an_hls_prefix_inside_another_outputs_prefix_is_refused(root, settings):
+    body = {"outputs": [{"destination": (root / "h").as_uri() + "/", "kind": "hls"},
+                        {"destination": (root / "h" / "a.mp4").as_uri(),
+                         "job_options": {"preset": "mp4-360p"}}]}
+    assert "outputs[1].destination: overlaps outputs[0]" in refusal(body, settings)
+
+
+def test_the_single_output_form_takes_the_hls_preset_with_a_prefix(root, settings):
+    prefix = (root / "show").as_uri() + "/"
+    destination, options = options_for_submit(
+        {"dest_path": prefix, "job_options": {"preset": "hls"}}, settings)
+    assert destination == prefix
+    [only] = options["outputs"]
+    assert [rung["height"] for rung in only["hls"]["ladder"]] == [360, 720, 1080]
+    assert "dest_path: an hls output is written" in refusal(
+        {"dest_path": (root / "show.m3u8").as_uri(), "job_options": {"preset": "hls"}}, settings)
