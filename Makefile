@@ -25,6 +25,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/embedded.py
+	$(VENV)/bin/python bench/renditions.py
 
 bench-aws: $(STAMP)
 	$(VENV)/bin/python bench/aws.py

@@ -89,15 +89,49 @@ def _schemas() -> dict:
                                  "error_code": {"type": "string", "enum": _ERROR_CODES},
                                  "message": {"type": "string"}}},
         "SubmitRequest": {
-            "type": "object", "required": ["source_path", "dest_path", "job_options"],
+            "type": "object", "required": ["source_path"],
+            "oneOf": [{"required": ["dest_path", "job_options"]}, {"required": ["outputs"]}],
             "additionalProperties": False,
             "properties": {
                 "source_path": {"type": "string", "description": "file://, http(s):// or s3:// URI"},
-                "dest_path": {"type": "string", "description": "file:// or s3:// URI"},
+                "dest_path": {"type": "string", "description":
+                              "file:// or s3:// URI; a prefix ending in '/' for the hls preset"},
                 "notify_url": {**text_or_null, "description": "receives each state change"},
                 "job_options": {"type": "object", "description":
                                 "{nommer, options: [passes]} as the original, or "
-                                "{preset: NAME, overrides...} (see GET /presets)"}}},
+                                "{preset: NAME, overrides...} (see GET /presets), or "
+                                "{preset: 'hls', ladder, segment_s, segment_type, "
+                                "audio_bitrate, encoder_preset}"},
+                "outputs": {"type": "array", "minItems": 1, "items": _ref("OutputRequest"),
+                            "description": "several outputs from one decode of the source "
+                                           "(instead of dest_path and job_options); at most "
+                                           "max_outputs_per_job"}}},
+        "OutputRequest": {
+            "type": "object", "required": ["destination"], "additionalProperties": False,
+            "properties": {
+                "destination": {"type": "string", "description":
+                                "file:// or s3:// URI; a prefix ending in '/' for hls"},
+                "kind": {"type": "string", "enum": ["file", "hls"], "default": "file"},
+                "job_options": {"type": "object",
+                                "description": "as the single-output job_options"}}},
+        "Output": {
+            "type": "object", "description": "what one output of a FINISHED job is",
+            "required": ["kind", "uri", "size_bytes"],
+            "properties": {
+                "kind": {"type": "string", "enum": ["file", "hls"]},
+                "uri": {"type": "string", "description": "the file, or an hls master playlist"},
+                "size_bytes": {"type": "integer", "description": "every file of the output"},
+                "duration_s": {"type": ["number", "null"]},
+                "container": {"type": "string"},
+                "video_codec": text_or_null, "audio_codec": text_or_null,
+                "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+                "bitrate": {"type": ["integer", "null"], "description": "bits per second"},
+                "master_playlist": {"type": "string", "description": "hls only"},
+                "renditions": {"type": "integer", "description": "hls only: video renditions"},
+                "segments": {"type": "integer",
+                             "description": "hls only: segments of every rendition"},
+                "variants": {"type": "array", "description": "hls only: each video rendition",
+                             "items": {"type": "object"}}}},
         "Job": {
             "type": "object",
             "required": ["id", "state", "state_details", "progress", "attempts", "created_at",
@@ -117,7 +151,9 @@ def _schemas() -> dict:
                 "notify_url": text_or_null,
                 "options": {"type": "object", "description": "what the encoder runs"},
                 "sent_options": {"type": ["object", "null"],
-                                 "description": "what the client sent"}}},
+                                 "description": "what the client sent"},
+                "outputs": {"type": ["array", "null"], "items": _ref("Output"),
+                            "description": "what each output is, once FINISHED"}}},
         "Encoder": {"type": "object",
                     "required": ["id", "state", "active_jobs", "last_report", "started_at"],
                     "properties": {"id": {"type": "string"},
