@@ -55,6 +55,26 @@ _ENCODER_PRESET = frozenset({"ultrafast", "superfast", "veryfast", "faster", "fa
 PER_OUTPUT_INPUT_OPTIONS = ("ss", "t", "to")
 
 
+def hls_listing() -> dict:
+    """The hls preset as GET /presets shows it."""
+    meanings = {
+        "ladder": "rendition heights (even, 144-4320, at most 6), or {height, video_bitrate}; "
+                  "rungs taller than the source are left out",
+        "segment_s": "segment target in seconds (1-30); keyframes aligned across renditions",
+        "segment_type": "fmp4 (CMAF init.mp4 + .m4s segments) or ts",
+        "audio_bitrate": "the one AAC rendition all video renditions share",
+        "encoder_preset": "the x264 speed of every rendition",
+    }
+    defaults = {"ladder": list(DEFAULT_LADDER), **HLS_DEFAULTS}
+    return {"name": HLS_PRESET,
+            "description": "HLS ladder under a destination prefix ending in '/': H.264 "
+                           "renditions never above the source's height, one shared AAC "
+                           "rendition, aligned segments, a master playlist",
+            "extension": "m3u8", "container": "hls", "video": "h264", "audio": "aac",
+            "overrides": {key: {"default": defaults[key], "meaning": meaning}
+                          for key, meaning in meanings.items()}}
+
+
 def default_video_bitrate(height: int) -> str:
     """A rung's default H.264 bitrate: 5000k at 1080 lines, following
     height^1.5 (2700k at 720, 950k at 360), in steps of 50k."""

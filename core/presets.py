@@ -69,9 +69,11 @@ def catalogue() -> dict:
 
 def listing() -> list[dict]:
     """What GET /presets shows: each preset with what it produces and the
-    overrides it takes (their defaults and meaning)."""
+    overrides it takes (their defaults and meaning), the hls ladder among them."""
+    from core.outputs import hls_listing  # it builds on this module
+
     data = catalogue()
-    return [{
+    presets = [{
         "name": name,
         "description": preset["description"],
         "extension": preset["extension"],
@@ -80,7 +82,8 @@ def listing() -> list[dict]:
         "audio": preset["audio"],
         "overrides": {key: {"default": value, "meaning": data["overrides"][key]}
                       for key, value in preset["defaults"].items() if key in data["overrides"]},
-    } for name, preset in sorted(data["presets"].items())]
+    } for name, preset in data["presets"].items()]
+    return sorted(presets + [hls_listing()], key=lambda preset: preset["name"])
 
 
 def _fill(value: object, values: dict[str, str]) -> object:
