@@ -283,10 +283,11 @@ def test_a_symbolic_link_inside_the_folder_cannot_lead_out_of_it(tmp_path):
 
 
 def test_a_root_itself_may_be_the_destination_folder(tmp_path):
-    target = FileTarget(tmp_path)
+    root = tmp_path / "media"
+    root.mkdir()
     files = _ladder(tmp_path)
-    target.storage().upload_files(files, target.root.as_uri() + "/")
-    assert (target.root / "master.m3u8").read_bytes() == Path(files[3].local_path).read_bytes()
+    FileStorage([root]).upload_files(files, root.as_uri() + "/")
+    assert (root / "master.m3u8").read_bytes() == Path(files[3].local_path).read_bytes()
 
 
 def test_a_prefix_outside_the_roots_or_not_a_folder_is_refused(tmp_path):
@@ -330,16 +331,15 @@ def test_a_missing_bucket_fails_naming_the_file(moto_server, tmp_path):
 
 
 def test_s3_unreachable_is_a_retryable_backend_error_naming_the_file(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    settings = Settings(backend="aws", aws_endpoint_url=f"http://127.0.0.1:{closed_port}")
-    storage = S3Storage(client(settings, "s3", max_attempts=1, connect_timeout_s=2))
-    files = [OutputFile(file.local_path, file.key, file.content_type)
-             for file in _ladder(tmp_path) if file.key == "360p/seg_00002.m4s"]
-
-    with pytest.raises(BackendError, match="360p/seg_00002.m4s"):
-        storage.upload_files(files, "s3://media-bucket/out/")
+    files = [file for file in _ladder(tmp_path) if file.key == "360p/seg_00002.m4s"]
+    # Bound but never listening for the whole test: every connection is refused.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        endpoint_url = "http://127.0.0.1:%d" % unused.getsockname()[1]
+        storage = S3Storage(client(Settings(backend="aws", aws_endpoint_url=endpoint_url), "s3",
+                                   max_attempts=1, connect_timeout_s=2))
+        with pytest.raises(BackendError, match="360p/seg_00002.m4s"):
+            storage.upload_files(files, "s3://media-bucket/out/")
 
 
 def test_an_unknown_scheme_is_a_storage_error(tmp_path):
