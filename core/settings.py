@@ -111,6 +111,16 @@ class Settings:
     max_frame_rate: float = 240.0
     # Outputs one job may ask for ("outputs": [...] at submit).
     max_outputs_per_job: int = 8
+    # Sprite sheets for player scrubbing (nommerd/thumbnails.py): one tile
+    # every sprite_interval_s seconds of the source (10 s: a two-hour film
+    # makes 720 tiles, finer than a seek bar a few hundred pixels wide can
+    # point at), sprite_tile_width_px wide (height keeps the aspect, even),
+    # sprite_columns across, and at most sprite_max_tiles_per_sheet tiles
+    # per image (more make several sheets: 100 tiles of 160x90 is 1600x900).
+    sprite_interval_s: float = 10.0
+    sprite_tile_width_px: int = 160
+    sprite_columns: int = 10
+    sprite_max_tiles_per_sheet: int = 100
     # False: a source ffmpeg decodes with errors fails the job (a truncated
     # file would otherwise end FINISHED with a short output).
     tolerate_decode_errors: bool = False
@@ -266,7 +276,8 @@ def _validate(settings: Settings) -> None:
                 "feederd_auto_scale_interval", "local_queue_poll_ms", "spot_check_interval_s",
                 "outbound_connect_timeout_s", "notify_per_receiver", "download_deadline_s",
                 "download_rate_window_s", "encode_time_factor", "max_output_bytes",
-                "max_frame_pixels", "max_frame_rate", "max_outputs_per_job")
+                "max_frame_pixels", "max_frame_rate", "max_outputs_per_job", "sprite_interval_s",
+                "sprite_tile_width_px", "sprite_columns", "sprite_max_tiles_per_sheet")
     for key in positive:
         if getattr(settings, key) <= 0:
             raise ConfigError(f"setting {key!r}: must be greater than zero")

@@ -9,6 +9,7 @@ server (a PutObject, or CreateMultipartUpload .. CompleteMultipartUpload).
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.fixtures.aws import unique_name
 from core.aws import client
-from core.errors import StorageError
+from core.errors import BackendError, StorageError
 from core.interfaces import OutputFile
 from core.settings import Settings
 from core.storage.content_types import content_type_for
@@ -73,8 +74,6 @@ class ObservedFileStorage(FileStorage):
 
 
 class FileTarget:
-    name = "file"
-
     def __init__(self, tmp_path: Path):
         self.root = tmp_path / "media"
         self.folder = self.root / "out" / "clip 1"
@@ -99,8 +98,6 @@ class FileTarget:
 
 
 class S3Target:
-    name = "s3"
-
     def __init__(self, endpoint_url: str):
         self.client = client(Settings(backend="aws", aws_endpoint_url=endpoint_url), "s3")
         self.bucket = unique_name("nommer-sets")
@@ -165,6 +162,14 @@ def target(request, tmp_path):
     built.close()
 
 
+@pytest.fixture
+def s3_target(moto_server):
+    """For what only S3 has: content types, parallel requests, multipart."""
+    built = S3Target(moto_server.endpoint_url)
+    yield built
+    built.close()
+
+
 def _ladder(tmp_path: Path, segment_bytes: int = 20_000) -> list[OutputFile]:
     """An HLS-like set: two renditions of init + 4 segments, an audio
     rendition, a sprite and its track; the playlists come first in the
@@ -198,9 +203,8 @@ def test_every_file_is_stored_with_its_bytes(target, tmp_path):
     assert target.stored() == _local_bytes(files)
 
 
-def test_each_object_carries_its_content_type(target, tmp_path):
-    if target.name == "file":
-        pytest.skip("a file system stores no content type")
+def test_each_object_carries_its_content_type(s3_target, tmp_path):
+    target = s3_target
     files = _ladder(tmp_path)
 
     target.storage().upload_files(files, target.prefix)
@@ -231,16 +235,14 @@ def test_playlists_are_written_after_every_other_file_in_the_order_given(target,
     assert playlist_events == [(kind, key) for key in last for kind in ("start", "end")]
 
 
-def test_files_go_to_s3_in_parallel(target, tmp_path):
-    if target.name == "file":
-        pytest.skip("file:// writes one file at a time")
+def test_files_go_to_s3_in_parallel(s3_target, tmp_path):
+    target = s3_target
     target.storage().upload_files(_ladder(tmp_path, segment_bytes=200_000), target.prefix)
     assert target.observer.peak >= 2
 
 
-def test_a_file_above_the_threshold_is_stored_in_parts(target, tmp_path):
-    if target.name == "file":
-        pytest.skip("multipart is S3's")
+def test_a_file_above_the_threshold_is_stored_in_parts(s3_target, tmp_path):
+    target = s3_target
     big = tmp_path / "big.mp4"
     big.write_bytes(os.urandom(6 * MIB + 123))
     files = [OutputFile(str(big), "1080p/full.mp4", "video/mp4"), *_ladder(tmp_path)]
@@ -278,6 +280,14 @@ def test_a_symbolic_link_inside_the_folder_cannot_lead_out_of_it(tmp_path):
         target.storage().upload_files(_ladder(tmp_path), target.prefix)
 
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_root_itself_may_be_the_destination_folder(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    files = _ladder(tmp_path)
+    FileStorage([root]).upload_files(files, root.as_uri() + "/")
+    assert (root / "master.m3u8").read_bytes() == Path(files[3].local_path).read_bytes()
 
 
 def test_a_prefix_outside_the_roots_or_not_a_folder_is_refused(tmp_path):
@@ -318,6 +328,18 @@ def test_a_missing_bucket_fails_naming_the_file(moto_server, tmp_path):
     prefix = f"s3://{unique_name('no-such-bucket')}/out/"
     with pytest.raises(StorageError, match=r"bucket of s3://.*/out/\S+ does not exist"):
         storage.upload_files(_ladder(tmp_path), prefix)
+
+
+def test_s3_unreachable_is_a_retryable_backend_error_naming_the_file(tmp_path):
+    files = [file for file in _ladder(tmp_path) if file.key == "360p/seg_00002.m4s"]
+    # Bound but never listening for the whole test: every connection is refused.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        endpoint_url = "http://127.0.0.1:%d" % unused.getsockname()[1]
+        storage = S3Storage(client(Settings(backend="aws", aws_endpoint_url=endpoint_url), "s3",
+                                   max_attempts=1, connect_timeout_s=2))
+        with pytest.raises(BackendError, match="360p/seg_00002.m4s"):
+            storage.upload_files(files, "s3://media-bucket/out/")
 
 
 def test_an_unknown_scheme_is_a_storage_error(tmp_path):
