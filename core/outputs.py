@@ -34,10 +34,12 @@ from core.options import FFMPEG_NOMMER, KNOWN_NOMMERS, check_output_caps
 from core.presets import options_to_run
 from core.settings import Settings
 
-KINDS = ("file", "hls")
+KINDS = ("file", "hls", "sprite")
 _OUTPUT_KEYS = ("destination", "job_options", "kind")
 
 HLS_PRESET = "hls"
+SPRITE_PRESET = "sprite"
+MIN_SPRITE_INTERVAL_S, MAX_SPRITE_INTERVAL_S = 0.5, 3600
 DEFAULT_LADDER = (360, 720, 1080)
 MAX_RUNGS = 6
 MIN_HEIGHT, MAX_HEIGHT = 144, 4320
@@ -75,6 +77,18 @@ def hls_listing() -> dict:
                           for key, meaning in meanings.items()}}
 
 
+def sprite_listing() -> dict:
+    """The sprite preset as GET /presets shows it."""
+    return {"name": SPRITE_PRESET,
+            "description": "Sprite sheets (JPEG, one tile every interval_s) with a WebVTT "
+                           "thumbnail track for player scrubbing, under a destination prefix "
+                           "ending in '/'",
+            "extension": "vtt", "container": "image2", "video": "mjpeg", "audio": None,
+            "overrides": {"interval_s": {
+                "default": None, "meaning": "seconds between tiles (0.5-3600); default: the "
+                                            "setting sprite_interval_s"}}}
+
+
 def default_video_bitrate(height: int) -> str:
     """A rung's default H.264 bitrate: 5000k at 1080 lines, following
     height^1.5 (2700k at 720, 950k at 360), in steps of 50k."""
@@ -82,7 +96,16 @@ def default_video_bitrate(height: int) -> str:
 
 
 def is_hls_request(job_options: object) -> bool:
-    return isinstance(job_options, dict) and job_options.get("preset") == HLS_PRESET
+    return _prefix_kind(job_options) == HLS_PRESET
+
+
+def _prefix_kind(job_options: object) -> str | None:
+    """"hls" or "sprite" when `job_options` names that preset (an output of
+    several files under a prefix), else None."""
+    if isinstance(job_options, dict) and job_options.get("preset") in (HLS_PRESET,
+                                                                       SPRITE_PRESET):
+        return job_options["preset"]
+    return None
 
 
 def is_several(options: dict) -> bool:
@@ -104,7 +127,7 @@ def options_for_submit(body: dict, settings: Settings) -> tuple[str, dict]:
         outputs = _checked_outputs(body["outputs"], settings)
         return outputs[0]["destination"], {"nommer": FFMPEG_NOMMER, "outputs": outputs}
     sent = body.get("job_options")
-    if is_hls_request(sent):
+    if _prefix_kind(sent):
         output = _checked_output({"destination": body.get("dest_path"), "job_options": sent},
                                  settings, "dest_path", "job_options")
         return output["destination"], {"nommer": FFMPEG_NOMMER, "outputs": [output]}
@@ -144,18 +167,19 @@ def _checked_output(output: dict, settings: Settings, dest_field: str,
     kind = output.get("kind")
     sent = output.get("job_options")
     if kind is None:
-        kind = HLS_PRESET if is_hls_request(sent) else "file"
+        kind = _prefix_kind(sent) or "file"
     if kind not in KINDS:
         raise ValidationError(f"{dest_field.rsplit('.', 1)[0]}.kind {str(kind)[:40]!r} is not "
                               f"known; known kinds: {', '.join(KINDS)}")
-    if kind == HLS_PRESET:
-        if sent is not None and not is_hls_request(sent):
-            raise ValidationError(f"{options_field}: an hls output takes the preset 'hls' "
-                                  "and its overrides")
+    if kind in (HLS_PRESET, SPRITE_PRESET):
+        if sent is not None and _prefix_kind(sent) != kind:
+            raise ValidationError(f"{options_field}: this {kind} output takes the preset "
+                                  f"{kind!r} and its overrides")
         destination = uris.check_destination_prefix(output.get("destination"), settings,
-                                                     dest_field)
-        return {"destination": destination, "kind": kind,
-                "hls": hls_spec(sent or {}, settings, options_field)}
+                                                     dest_field, kind)
+        spec = (hls_spec if kind == HLS_PRESET else sprite_spec)(sent or {}, settings,
+                                                                options_field)
+        return {"destination": destination, "kind": kind, kind: spec}
     destination = uris.check_destination(output.get("destination"), settings, dest_field)
     options = options_to_run(sent, options_field)
     check_output_caps(options, settings.max_frame_pixels, settings.max_frame_rate,
@@ -179,6 +203,22 @@ def _check_apart(destinations: list[str]) -> None:
                     or (destination.endswith("/") and earlier.startswith(destination)):
                 raise ValidationError(f"outputs[{index}].destination: overlaps "
                                       f"outputs[{other}].destination")
+
+
+def sprite_spec(request: dict, settings: Settings, field: str) -> dict:
+    """The stored form of a sprite output's request: {"interval_s": seconds
+    between tiles, or None for the setting sprite_interval_s}."""
+    unknown = sorted(set(request) - {"preset", "nommer", "interval_s"})
+    if unknown:
+        raise ValidationError(f"{field}: preset 'sprite' takes no override "
+                              f"{str(unknown[0])[:40]!r}; it takes: interval_s")
+    interval_s = request.get("interval_s")
+    if interval_s is not None and (
+            isinstance(interval_s, bool) or not isinstance(interval_s, (int, float))
+            or not MIN_SPRITE_INTERVAL_S <= interval_s <= MAX_SPRITE_INTERVAL_S):
+        raise ValidationError(f"{field}.interval_s must be a number of seconds from "
+                              f"{MIN_SPRITE_INTERVAL_S:g} to {MAX_SPRITE_INTERVAL_S}")
+    return {"interval_s": None if interval_s is None else float(interval_s)}
 
 
 def hls_spec(request: dict, settings: Settings, field: str) -> dict:

@@ -69,8 +69,9 @@ def catalogue() -> dict:
 
 def listing() -> list[dict]:
     """What GET /presets shows: each preset with what it produces and the
-    overrides it takes (their defaults and meaning), the hls ladder among them."""
-    from core.outputs import hls_listing  # it builds on this module
+    overrides it takes (their defaults and meaning), the hls ladder and the
+    sprite among them."""
+    from core.outputs import hls_listing, sprite_listing  # they build on this module
 
     data = catalogue()
     presets = [{
@@ -83,7 +84,8 @@ def listing() -> list[dict]:
         "overrides": {key: {"default": value, "meaning": data["overrides"][key]}
                       for key, value in preset["defaults"].items() if key in data["overrides"]},
     } for name, preset in data["presets"].items()]
-    return sorted(presets + [hls_listing()], key=lambda preset: preset["name"])
+    return sorted(presets + [hls_listing(), sprite_listing()],
+                  key=lambda preset: preset["name"])
 
 
 def _fill(value: object, values: dict[str, str]) -> object:

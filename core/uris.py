@@ -216,7 +216,7 @@ def check_destination(uri: object, settings: Settings, field: str = "dest_path")
     checked = _check(uri, field, settings, DESTINATION_CHECKS)
     if checked.endswith("/"):
         raise ValidationError(f"{field}: names a folder or prefix (ending in '/'); only an "
-                              "hls output is written to one")
+                              "hls or sprite output is written to one")
     suffix = os.path.splitext(urllib.parse.urlsplit(checked).path)[1].lower()
     if suffix in MULTI_FILE_SUFFIXES:
         raise ValidationError(f"{field}: a {suffix} destination is written as several files "
@@ -226,12 +226,17 @@ def check_destination(uri: object, settings: Settings, field: str = "dest_path")
     return checked
 
 
-def check_destination_prefix(uri: object, settings: Settings, field: str = "dest_path") -> str:
-    """Return `uri` if an output of several files may be written under it: a
-    file:// folder inside the roots or an s3:// prefix, ending in '/'. Else
-    raise ValidationError naming `field`."""
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiouh" else "a"
+
+
+def check_destination_prefix(uri: object, settings: Settings, field: str = "dest_path",
+                             kind: str = "hls") -> str:
+    """Return `uri` if an output of several files (of `kind`) may be written
+    under it: a file:// folder inside the roots or an s3:// prefix, ending in
+    '/'. Else raise ValidationError naming `field`."""
     if not isinstance(uri, str) or not uri.endswith("/"):
-        raise ValidationError(f"{field}: an hls output is written to a folder or prefix "
+        raise ValidationError(f"{field}: {_article(kind)} {kind} output is written to a folder or prefix "
                               "ending in '/' (file:///.../dir/ or s3://bucket/prefix/)")
     stem = uri.rstrip("/")
     if "?" in uri or "#" in uri or not stem or stem.endswith((":", ":/")):

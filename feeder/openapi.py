@@ -95,7 +95,8 @@ def _schemas() -> dict:
             "properties": {
                 "source_path": {"type": "string", "description": "file://, http(s):// or s3:// URI"},
                 "dest_path": {"type": "string", "description":
-                              "file:// or s3:// URI; a prefix ending in '/' for the hls preset"},
+                              "file:// or s3:// URI; a prefix ending in '/' for the hls and "
+                              "sprite presets"},
                 "notify_url": {**text_or_null, "description": "receives each state change"},
                 "job_options": {"type": "object", "description":
                                 "{nommer, options: [passes]} as the original, or "
@@ -110,16 +111,18 @@ def _schemas() -> dict:
             "type": "object", "required": ["destination"], "additionalProperties": False,
             "properties": {
                 "destination": {"type": "string", "description":
-                                "file:// or s3:// URI; a prefix ending in '/' for hls"},
-                "kind": {"type": "string", "enum": ["file", "hls"], "default": "file"},
+                                "file:// or s3:// URI; a prefix ending in '/' for hls, sprite"},
+                "kind": {"type": "string", "enum": ["file", "hls", "sprite"],
+                         "default": "file"},
                 "job_options": {"type": "object",
                                 "description": "as the single-output job_options"}}},
         "Output": {
             "type": "object", "description": "what one output of a FINISHED job is",
             "required": ["kind", "uri", "size_bytes"],
             "properties": {
-                "kind": {"type": "string", "enum": ["file", "hls"]},
-                "uri": {"type": "string", "description": "the file, or an hls master playlist"},
+                "kind": {"type": "string", "enum": ["file", "hls", "sprite"]},
+                "uri": {"type": "string", "description":
+                        "the file, an hls master playlist, or a sprite's first sheet"},
                 "size_bytes": {"type": "integer", "description": "every file of the output"},
                 "duration_s": {"type": ["number", "null"]},
                 "container": {"type": "string"},
@@ -131,7 +134,10 @@ def _schemas() -> dict:
                 "segments": {"type": "integer",
                              "description": "hls only: segments of every rendition"},
                 "variants": {"type": "array", "description": "hls only: each video rendition",
-                             "items": {"type": "object"}}}},
+                             "items": {"type": "object"}},
+                "vtt": {"type": "string", "description": "sprite only: the WebVTT track"},
+                "tiles": {"type": "integer", "description": "sprite only"},
+                "interval_s": {"type": "number", "description": "sprite only"}}},
         "Job": {
             "type": "object",
             "required": ["id", "state", "state_details", "progress", "attempts", "created_at",

@@ -26,7 +26,8 @@ from core.interfaces import OutputFile
 from core.media import MediaInfo, probe
 from core.outputs import PER_OUTPUT_INPUT_OPTIONS
 from core.storage.content_types import content_type_for
-from nommerd import hls
+from core.settings import Settings
+from nommerd import hls, thumbnails
 from nommerd.ffmpeg import (FFmpegRunner, _flags, _seek_in_seconds, build_pass_argvs,
                             output_name)
 
@@ -39,11 +40,13 @@ class Output:
 
     index: int
     destination: str
-    kind: str             # "file" or "hls"
+    kind: str             # "file", "hls" or "sprite"
     local_dir: str        # work_dir/out/<index>
-    passes: list          # a file output's passes (wire form); [] for hls
+    passes: list          # a file output's passes (wire form); [] for the others
     hls: dict | None = None
+    sprite: dict | None = None
     variants: list = dataclasses.field(default_factory=list)
+    geometry: thumbnails.SpriteGeometry | None = None
 
     @property
     def where(self) -> str:
@@ -57,7 +60,7 @@ class Output:
     @property
     def shared(self) -> bool:
         """Written by the one ffmpeg that all one-pass outputs share."""
-        return self.kind == "hls" or len(self.passes) == 1
+        return self.kind != "file" or len(self.passes) == 1
 
 
 def plan(job_options: dict, work_dir: str) -> list[Output]:
@@ -67,7 +70,7 @@ def plan(job_options: dict, work_dir: str) -> list[Output]:
         local_dir = os.path.join(work_dir, "out", str(index))
         os.makedirs(local_dir, exist_ok=True)
         outputs.append(Output(index, spec["destination"], spec["kind"], local_dir,
-                              spec.get("options") or [], spec.get("hls")))
+                              spec.get("options") or [], spec.get("hls"), spec.get("sprite")))
     return outputs
 
 
@@ -77,8 +80,11 @@ def path_names(outputs: list[Output]) -> dict[str, str]:
 
 
 def shared_argv(ffmpeg: str, outputs: list[Output], source_path: str, info: MediaInfo,
-                tolerate_decode_errors: bool) -> list[str]:
-    """The one ffmpeg command that writes every shared output of `outputs`."""
+                settings: Settings) -> list[str]:
+    """The one ffmpeg command that writes every shared output of `outputs`
+    (a sprite's layout is settled here, from the source and the settings).
+    Raises MediaError when the source cannot make one of them."""
+    tolerate_decode_errors = settings.tolerate_decode_errors
     argv = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1"]
     if not tolerate_decode_errors:
         argv.append("-xerror")
@@ -89,6 +95,12 @@ def shared_argv(ffmpeg: str, outputs: list[Output], source_path: str, info: Medi
             graph, args = hls.ladder_args(output.hls, info, output.local_dir, f"o{output.index}")
             graphs.append(graph)
             per_output.append(args)
+        elif output.kind == "sprite":
+            output.geometry = _sprite_geometry(output, info, settings)
+            graph, args = thumbnails.sprite_ffmpeg(output.geometry, "[0:v:0]",
+                                                   f"[o{output.index}sprite]", output.local_dir)
+            graphs.append(graph)
+            per_output.append(args)
         else:
             per_output.append(_file_args(output, info))
     if graphs:
@@ -96,6 +108,18 @@ def shared_argv(ffmpeg: str, outputs: list[Output], source_path: str, info: Medi
     for args in per_output:
         argv += args
     return argv
+
+
+def _sprite_geometry(output: Output, info: MediaInfo,
+                     settings: Settings) -> thumbnails.SpriteGeometry:
+    if info.codec("video") is None:
+        raise MediaError(f"{output.where}: a sprite needs a source with video")
+    try:
+        return thumbnails.SpriteGeometry.from_settings(
+            settings, info.duration_s or 0.0, info.width or 0, info.height or 0,
+            (output.sprite or {}).get("interval_s"))
+    except ValueError as exc:
+        raise MediaError(f"{output.where}: {exc}") from None
 
 
 def _file_args(output: Output, info: MediaInfo) -> list[str]:
@@ -113,7 +137,7 @@ def _file_args(output: Output, info: MediaInfo) -> list[str]:
 
 
 def encode(ffmpeg: str, runner: FFmpegRunner, outputs: list[Output], source_path: str,
-           info: MediaInfo, work_dir: str, tolerate_decode_errors: bool,
+           info: MediaInfo, work_dir: str, settings: Settings,
            on_progress: Callable[[int], None]) -> None:
     """Write every output: the shared run first, then each two-pass output.
 
@@ -125,12 +149,12 @@ def encode(ffmpeg: str, runner: FFmpegRunner, outputs: list[Output], source_path
     alone = [output for output in outputs if not output.shared]
     runs: list[tuple[list[list[str]], list[Output], int]] = []
     if shared:
-        runs.append(([shared_argv(ffmpeg, shared, source_path, info, tolerate_decode_errors)],
+        runs.append(([shared_argv(ffmpeg, shared, source_path, info, settings)],
                      shared, len(shared)))
     for output in alone:
         argvs = build_pass_argvs(ffmpeg, {"options": output.passes}, source_path, info.demuxer,
-                                 output.local_path, output.local_dir, tolerate_decode_errors,
-                                 duration_s=info.duration_s)
+                                 output.local_path, output.local_dir,
+                                 settings.tolerate_decode_errors, duration_s=info.duration_s)
         runs.append((argvs, [output], len(argvs)))
     total = sum(weight for _argvs, _outs, weight in runs)
     done = 0
@@ -149,6 +173,8 @@ def encode(ffmpeg: str, runner: FFmpegRunner, outputs: list[Output], source_path
     for output in outputs:
         if output.kind == "hls":
             output.variants = hls.fix_master(output.local_dir, info)
+        elif output.kind == "sprite":
+            thumbnails.write_sprite_vtt(output.geometry, output.local_dir)
 
 
 def _failed(stderr: str, members: list[Output]) -> str:
@@ -167,8 +193,12 @@ def _failed(stderr: str, members: list[Output]) -> str:
 
 
 def upload_files(output: Output) -> list[OutputFile]:
-    """The files of an hls output, in upload order: segments and init files
-    (any order), then the media playlists, then the master playlist."""
+    """The files of an output written under a prefix, in upload order: a
+    ladder's segments and init files, then its media playlists, then its
+    master playlist; a sprite's sheets, then its track."""
+    if output.kind == "sprite":
+        return thumbnails.sprite_outputs(output.geometry, output.local_dir,
+                                         output.destination)[0]
     media, playlists = [], []
     for folder, _dirs, names in sorted(os.walk(output.local_dir)):
         for name in sorted(names):
@@ -212,7 +242,16 @@ def _container(path: str, passes: list) -> str:
 
 
 def describe(ffmpeg: str, output: Output, info: MediaInfo) -> dict:
+    if output.kind == "sprite":
+        described = thumbnails.sprite_outputs(output.geometry, output.local_dir,
+                                              output.destination)[1]
+        return {**described, "size_bytes": _folder_bytes(output.local_dir)}
     if output.kind == "hls":
         return hls.describe(output.local_dir, output.destination, output.variants,
                             info.codec("audio") is not None)
     return describe_file(ffmpeg, output.local_path, output.destination, output.passes)
+
+
+def _folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(parent, name))
+               for parent, _dirs, names in os.walk(folder) for name in names)

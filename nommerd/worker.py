@@ -516,15 +516,16 @@ class Worker:
         # Before the work folder's own entry, which would cut these short.
         runner.replacements = {**outputs.path_names(planned), **runner.replacements}
         log.info("job %s: %d outputs", held.job.id, len(planned))
-        outputs.encode(self.ffmpeg, runner, planned, source, info, work_dir,
-                       self.settings.tolerate_decode_errors, _progress_to(held, runner))
+        outputs.encode(self.ffmpeg, runner, planned, source, info, work_dir, self.settings,
+                       _progress_to(held, runner))
         self._check_release(held)
         described = [outputs.describe(self.ffmpeg, output, info) for output in planned]
         held.advance(JobState.UPLOADING)
-        # Single files first, then each ladder with its playlists last: a
-        # reader never finds a playlist naming a file not yet there.
-        for output in sorted(planned, key=lambda output: output.kind == "hls"):
-            if output.kind == "hls":
+        # Single files first, then each set (a ladder, a sprite) with its
+        # playlists or track last: a reader never finds one naming a file
+        # not yet there.
+        for output in sorted(planned, key=lambda output: output.kind != "file"):
+            if output.kind != "file":
                 self.storage.upload_files(outputs.upload_files(output), output.destination,
                                           stop=runner.stop_event)
             else:

@@ -30,7 +30,7 @@ def test_presets_lists_every_catalogue_preset_with_what_it_produces(api):
     answer = api.request("GET", "/presets")
     assert answer.status == 200 and answer.json["success"] is True
     listed = {preset["name"]: preset for preset in answer.json["presets"]}
-    assert set(listed) == set(catalogue()["presets"]) | {"hls"}
+    assert set(listed) == set(catalogue()["presets"]) | {"hls", "sprite"}
     assert set(listed) >= {"hls",
         "mp4-360p", "mp4-480p", "mp4-720p", "mp4-1080p", "webm-vp9", "mp4-av1",
         "audio-aac", "audio-mp3", "audio-opus", "poster-jpeg"}

@@ -66,6 +66,8 @@ def test_one_job_writes_files_and_an_hls_ladder_and_describes_each(system, clip)
         {"destination": (out / "two-pass.mkv").as_uri(),
          "job_options": {"nommer": "ffmpeg", "options": [{"outfile_options": x264},
                                                          {"outfile_options": x264}]}},
+        {"destination": (out / "scrub").as_uri() + "/", "kind": "sprite",
+         "job_options": {"preset": "sprite", "interval_s": 2}},
     ]})
     job = ended(system, job_id)
     assert job["state"] == "FINISHED", job["state_details"]
@@ -78,7 +80,7 @@ def test_one_job_writes_files_and_an_hls_ladder_and_describes_each(system, clip)
     check_ladder(ffmpeg_path(system.settings), out / "hls", CLIP_S, [360, 720])
 
     described = job["outputs"]
-    assert [one["kind"] for one in described] == ["file", "hls", "file", "file"]
+    assert [one["kind"] for one in described] == ["file", "hls", "file", "file", "sprite"]
     first = described[0]
     assert first["uri"] == (out / "small.mp4").as_uri()
     assert first["size_bytes"] == (out / "small.mp4").stat().st_size
@@ -91,6 +93,12 @@ def test_one_job_writes_files_and_an_hls_ladder_and_describes_each(system, clip)
     assert ladder["renditions"] == 2 and ladder["segments"] >= 6
     assert (ladder["width"], ladder["height"]) == (1280, 720)
     assert described[2]["video_codec"] == "mjpeg"
+    sprite = described[4]
+    assert sprite["tiles"] == 4 and sprite["vtt"] == (out / "scrub" / "sprite.vtt").as_uri()
+    track = (out / "scrub" / "sprite.vtt").read_text()
+    assert track.startswith("WEBVTT") and track.count("sprite.jpg#xywh=") == 4
+    sheet = describe(ffmpeg_path(system.settings), str(out / "scrub" / "sprite.jpg"))
+    assert (sheet.width, sheet.height) == (4 * sprite["tile_width"], sprite["tile_height"])
 
 
 def test_a_single_output_job_is_described_too(system, clip):

@@ -87,9 +87,15 @@ def test_several_outputs_are_stored_each_with_its_destination_and_passes(root, s
      "outputs[1].job_options.segment_s must be a whole number"),
     ({"destination": "MEDIA/h/", "kind": "dash"}, "outputs[1].kind 'dash' is not known"),
     ({"destination": "MEDIA/h/", "kind": "hls", "job_options": {"preset": "mp4-360p"}},
-     "outputs[1].job_options: an hls output takes the preset 'hls'"),
+     "outputs[1].job_options: this hls output takes the preset 'hls'"),
     ({"destination": "MEDIA/b.mp4", "job_options": {"preset": "mp4-360p"}, "x": 1},
      "outputs[1]: unknown key 'x'"),
+    ({"destination": "MEDIA/s.jpg", "kind": "sprite"},
+     "outputs[1].destination: a sprite output is written to a folder or prefix"),
+    ({"destination": "MEDIA/s/", "job_options": {"preset": "sprite", "interval_s": 0}},
+     "outputs[1].job_options.interval_s must be a number of seconds from 0.5 to 3600"),
+    ({"destination": "MEDIA/s/", "job_options": {"preset": "sprite", "columns": 3}},
+     "outputs[1].job_options: preset 'sprite' takes no override 'columns'"),
 ])
 def test_each_output_is_checked_and_a_refusal_names_it(root, settings, output, words):
     output = {key: value.replace("MEDIA/", root.as_uri() + "/") if isinstance(value, str)
@@ -127,3 +133,13 @@ def test_the_single_output_form_takes_the_hls_preset_with_a_prefix(root, setting
     assert [rung["height"] for rung in only["hls"]["ladder"]] == [360, 720, 1080]
     assert "dest_path: an hls output is written" in refusal(
         {"dest_path": (root / "show.m3u8").as_uri(), "job_options": {"preset": "hls"}}, settings)
+
+
+def test_a_sprite_output_is_stored_with_its_interval(root, settings):
+    prefix = (root / "scrub").as_uri() + "/"
+    _destination, options = options_for_submit({"outputs": [
+        {"destination": prefix, "job_options": {"preset": "sprite", "interval_s": 5}},
+        {"destination": (root / "scrub.mp4").as_uri(), "job_options": {"preset": "mp4-360p"}},
+    ]}, settings)
+    assert options["outputs"][0] == {"destination": prefix, "kind": "sprite",
+                                     "sprite": {"interval_s": 5.0}}

@@ -57,7 +57,7 @@ def test_a_bad_override_value_is_refused(key, value):
 
 def test_listing_shows_each_preset_once_with_its_overrides():
     names = [preset["name"] for preset in listing()]
-    assert names == sorted(PRESETS + ["hls"])
+    assert names == sorted(PRESETS + ["hls", "sprite"])
     for preset in listing():
         assert preset["description"] and preset["extension"]
         for override in preset["overrides"].values():
