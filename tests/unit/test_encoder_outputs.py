@@ -1,0 +1,126 @@
+"""nommerd.outputs and nommerd.hls with real ffmpeg: several outputs from
+one process, a ladder's master playlist completed, files in the order a
+reader can rely on, the failing output named, and the size cap over all."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from core.errors import MediaError
+from core.media import ffmpeg_path, make_sample_clip
+from core.outputs import options_for_submit
+from core.settings import Settings
+from nommerd import outputs
+from nommerd.ffmpeg import EncodeLimits, FFmpegRunner, check_source
+from tests.fixtures.hls_checks import REQUIRED, variants
+
+pytestmark = pytest.mark.timeout(120)
+CLIP_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    return make_sample_clip(ffmpeg_path(Settings()), str(path), duration_s=CLIP_S,
+                            size="640x360")
+
+
+@pytest.fixture
+def media(tmp_path):
+    (tmp_path / "media").mkdir()
+    return tmp_path / "media"
+
+
+def planned(media, tmp_path, outputs_sent):
+    settings = Settings(file_roots=(str(media),))
+    _destination, options = options_for_submit({"outputs": outputs_sent}, settings)
+    work = tmp_path / "work"
+    work.mkdir()
+    return settings, work, outputs.plan(options, str(work))
+
+
+def run(settings, work, planned_outputs, clip, runner=None):
+    ffmpeg = ffmpeg_path(settings)
+    info = check_source(ffmpeg, clip)
+    runner = runner or FFmpegRunner()
+    seen = []
+    outputs.encode(ffmpeg, runner, planned_outputs, clip, info, str(work), settings,
+                   seen.append)
+    return info, seen
+
+
+def test_a_file_and_a_ladder_come_from_one_ffmpeg_and_the_master_is_complete(
+        media, tmp_path, clip):
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / "a.mp4").as_uri(),
+         "job_options": {"preset": "mp4-360p", "encoder_preset": "ultrafast"}},
+        {"destination": (media / "hls").as_uri() + "/",
+         "job_options": {"preset": "hls", "ladder": [180, 360, 720], "segment_s": 1}}])
+    info = check_source(ffmpeg_path(settings), clip)
+    argv = outputs.shared_argv("ffmpeg", planned_outputs, clip, info, settings)
+    assert argv.count("-i") == 1 and argv.count("-filter_complex") == 1
+
+    info, progress = run(settings, work, planned_outputs, clip)
+    assert progress == sorted(progress) and progress[-1] == 100
+    ladder = planned_outputs[1]
+    found = variants(work / "out" / "1" / "master.m3u8")
+    # 720 is above the source's 360 lines; the audio rendition is in its group only.
+    assert [int(attrs["RESOLUTION"].split("x")[1]) for attrs, _ in found] == [180, 360]
+    assert all(all(name in attrs for name in REQUIRED) for attrs, _ in found)
+    files = outputs.upload_files(ladder)
+    keys = [one.key for one in files]
+    assert keys[-1] == "master.m3u8" and files[-1].last
+    playlists = [one for one in files if one.key.endswith(".m3u8")]
+    assert all(one.last for one in playlists)
+    assert files[:len(files) - len(playlists)] == [one for one in files if not one.last]
+    assert {one.content_type for one in files if one.key.endswith(".m4s")} == \
+        {"video/iso.segment"}
+    described = outputs.describe(ffmpeg_path(settings), ladder, info)
+    assert described["renditions"] == 2 and described["segments"] == sum(
+        key.endswith(".m4s") for key in keys)
+    assert described["size_bytes"] == sum((work / "out" / "1" / key).stat().st_size
+                                          for key in keys)
+
+
+def test_the_failing_output_of_a_shared_run_is_named(media, tmp_path, clip):
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / "a.mp4").as_uri(),
+         "job_options": {"preset": "mp4-360p", "encoder_preset": "ultrafast"}},
+        {"destination": (media / "b.mp4").as_uri(), "job_options": {
+            "nommer": "ffmpeg", "options": [{"outfile_options": [["c:v", "no_such_codec"]]}]}},
+        {"destination": (media / "c.mp4").as_uri(),
+         "job_options": {"preset": "mp4-360p", "encoder_preset": "ultrafast"}}])
+    with pytest.raises(MediaError) as failed:
+        run(settings, work, planned_outputs, clip)
+    assert str(failed.value).startswith("outputs[1]: ffmpeg failed")
+
+
+def test_a_two_pass_output_runs_after_the_shared_one_and_its_failure_is_named(
+        media, tmp_path, clip):
+    x264 = [["c:v", "libx264"], ["preset", "ultrafast"], ["b:v", "200k"], ["f", "matroska"]]
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / "a.mp4").as_uri(),
+         "job_options": {"preset": "mp4-360p", "encoder_preset": "ultrafast"}},
+        {"destination": (media / "b.mkv").as_uri(), "job_options": {
+            "nommer": "ffmpeg", "options": [{"outfile_options": x264},
+                                            {"outfile_options": x264}]}}])
+    run(settings, work, planned_outputs, clip)
+    assert (work / "out" / "1" / "output.mkv").stat().st_size > 0
+    broken = dataclasses.replace(planned_outputs[1], passes=[
+        {"outfile_options": x264}, {"outfile_options": [["c:v", "no_such_codec"]]}])
+    with pytest.raises(MediaError) as failed:
+        run(settings, work, [planned_outputs[0], broken], clip)
+    assert str(failed.value).startswith("outputs[1]: ")
+
+
+def test_the_size_cap_counts_every_output_together(media, tmp_path, clip):
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / f"{name}.mp4").as_uri(),
+         "job_options": {"preset": "mp4-360p", "encoder_preset": "ultrafast",
+                         "video_bitrate": "2M"}} for name in "abc"])
+    cap = EncodeLimits(max_output_bytes=400_000)
+    run(settings, work, planned_outputs[:1], clip, FFmpegRunner(limits=cap))  # one fits
+    with pytest.raises(MediaError) as stopped:
+        run(settings, work, planned_outputs, clip, FFmpegRunner(limits=cap))
+    assert "max_output_bytes" in str(stopped.value)
