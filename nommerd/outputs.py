@@ -2,10 +2,11 @@
 
 Options in the outputs form (core.outputs) become:
 
-- one ffmpeg process for every one-pass file output and every HLS ladder:
-  the source is opened and decoded once, and each output has its own
-  encoders, filters and muxer (ladders split the decoded video with a
-  filter graph, one scaler per rendition);
+- one ffmpeg process for every one-pass file output, every HLS ladder and
+  every sprite: the source is opened and decoded once, and each output has
+  its own encoders, filters and muxer (a ladder splits the decoded video in
+  a filter graph, one scaler per rendition; a sprite is one more branch of
+  the graph, nommerd.thumbnails);
 - then one ffmpeg per two-pass output (its two passes, as a single-output
   job runs them): a first pass analyses a whole encode before the second
   writes, so it cannot share a process with outputs written in one go.
@@ -92,7 +93,11 @@ def shared_argv(ffmpeg: str, outputs: list[Output], source_path: str, info: Medi
     graphs, per_output = [], []
     for output in outputs:
         if output.kind == "hls":
-            graph, args = hls.ladder_args(output.hls, info, output.local_dir, f"o{output.index}")
+            try:
+                graph, args = hls.ladder_args(output.hls, info, output.local_dir,
+                                              f"o{output.index}")
+            except MediaError as exc:
+                raise MediaError(f"{output.where}: {exc}") from None
             graphs.append(graph)
             per_output.append(args)
         elif output.kind == "sprite":

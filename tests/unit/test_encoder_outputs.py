@@ -4,6 +4,7 @@ reader can rely on, the failing output named, and the size cap over all."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 
 import pytest
 
@@ -124,3 +125,15 @@ def test_the_size_cap_counts_every_output_together(media, tmp_path, clip):
     with pytest.raises(MediaError) as stopped:
         run(settings, work, planned_outputs, clip, FFmpegRunner(limits=cap))
     assert "max_output_bytes" in str(stopped.value)
+
+
+def test_a_ladder_from_a_source_without_video_fails_naming_the_output(media, tmp_path):
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / "a.m4a").as_uri(), "job_options": {"preset": "audio-aac"}},
+        {"destination": (media / "hls").as_uri() + "/", "kind": "hls"}])
+    audio = tmp_path / "tone.m4a"
+    subprocess.run([ffmpeg_path(settings), "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
+                    str(audio)], check=True, timeout=60)
+    with pytest.raises(MediaError) as failed:
+        run(settings, work, planned_outputs, str(audio))
+    assert str(failed.value) == "outputs[1]: an hls output needs a source with video"
