@@ -31,7 +31,22 @@ def job_text(job: dict) -> str:
     lines += [f"created  {job['created_at']}", f"updated  {job['updated_at']}"]
     if job.get("state_details"):
         lines.append(f"details  {job['state_details']}")
+    for output in job.get("outputs") or []:
+        lines.append(f"output   {output_text(output)}")
     return "\n".join(lines)
+
+
+def output_text(output: dict) -> str:
+    """One finished output on one line: what it is, then where."""
+    facts = [output.get("kind") or "file", output.get("container")]
+    if output.get("width") and output.get("height"):
+        facts.append(f"{output['width']}x{output['height']}")
+    if output.get("kind") == "hls":
+        facts.append(f"{output.get('renditions')} renditions, {output.get('segments')} segments")
+    elif output.get("kind") == "sprite":
+        facts.append(f"{output.get('tiles')} tiles")
+    facts.append(f"{output.get('size_bytes') or 0} bytes")
+    return f"{', '.join(str(fact) for fact in facts if fact)}  {output.get('uri')}"
 
 
 def job_row(job: dict) -> str:

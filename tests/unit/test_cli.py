@@ -28,3 +28,21 @@ def test_overrides_become_fields_beside_the_preset_name():
 def test_an_override_without_key_and_value_is_refused(item):
     with pytest.raises(NommerError, match="KEY=VALUE"):
         preset_request("mp4-720p", [item])
+
+
+def test_status_text_shows_what_each_finished_output_is():
+    from core.app.jobs_cli import job_text
+
+    job = {"id": "j1", "state": "FINISHED", "progress": 100, "node": None, "attempts": 1,
+           "source": "file:///m/in.mov", "destination": "file:///m/a.mp4",
+           "created_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:01:00+00:00",
+           "outputs": [
+               {"kind": "file", "uri": "file:///m/a.mp4", "container": "mp4", "width": 640,
+                "height": 360, "size_bytes": 1000},
+               {"kind": "hls", "uri": "file:///m/show/master.m3u8", "container": "hls",
+                "width": 1280, "height": 720, "renditions": 2, "segments": 9,
+                "size_bytes": 5000}]}
+    lines = job_text(job).splitlines()
+    assert "output   file, mp4, 640x360, 1000 bytes  file:///m/a.mp4" in lines
+    assert ("output   hls, hls, 1280x720, 2 renditions, 9 segments, 5000 bytes  "
+            "file:///m/show/master.m3u8") in lines
