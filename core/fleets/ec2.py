@@ -48,9 +48,11 @@ ENCODER_SETTING_NAMES = (
     "max_encoding_jobs_per_ec2_instance", "nommerd_max_inactivity",
     "nommerd_terminate_when_idle", "nommerd_heartbeat_interval_s", "job_lease_s",
     "progress_interval_ms", "max_source_bytes",
+    "s3_upload_parallel_requests",
 )
-# Table names of the DynamoDB store, whatever they are called.
-ENCODER_SETTING_PREFIXES = ("dynamodb_",)
+# Table names of the DynamoDB store, whatever they are called; how the
+# encoders lay out sprite sheets.
+ENCODER_SETTING_PREFIXES = ("dynamodb_", "sprite_")
 
 # Refusals of RunInstances that another instance type, subnet or market may
 # get past.

@@ -230,6 +230,16 @@ def test_user_data_is_built_from_an_allow_list_of_settings():
                 "aws_endpoint_url", "file_roots"} & set(nomconf)
 
 
+def test_encoders_get_the_feeders_upload_and_sprite_settings():
+    settings = Settings(backend="aws", s3_upload_parallel_requests=3, sprite_interval_s=5.0,
+                        sprite_columns=8)
+    cloud_config = yaml.safe_load(encoder_user_data(settings))
+    nomconf = tomllib.loads(cloud_config["write_files"][0]["content"])
+    assert nomconf["s3_upload_parallel_requests"] == 3
+    assert (nomconf["sprite_interval_s"], nomconf["sprite_columns"]) == (5.0, 8)
+    assert nomconf["sprite_tile_width_px"] == Settings().sprite_tile_width_px
+
+
 def test_without_capacity_launches_fall_back_along_types_subnets_then_on_demand(
         moto_server, ec2, settings, network):
     from core.aws import client
