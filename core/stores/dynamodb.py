@@ -113,6 +113,8 @@ def _job_item(job: Job, version: int, token: str) -> dict:
         "listing": {"S": _listing_key(job.id)},
         "sent_options": _string(None if job.sent_options is None
                                 else json.dumps(job.sent_options, sort_keys=True)),
+        "notify_format": {"S": job.notify_format},
+        "notifications_given_up": {"S": json.dumps(job.notifications_given_up, sort_keys=True)},
     }
     if job.announce_version is not None:
         # The outbox; `outbox` keys the sparse index that finds it.
@@ -161,6 +163,10 @@ def _job_from_item(item: dict) -> Job:
         version=int(item["version"]["N"]),
         announce_version=int(item["announce_version"]["N"]) if "announce_version" in item else None,
         sent_options=_sent_options(item),
+        # Items written before these fields existed have no attribute at all.
+        notify_format=item["notify_format"]["S"] if "notify_format" in item else "form",
+        notifications_given_up=(json.loads(item["notifications_given_up"]["S"])
+                                if "notifications_given_up" in item else []),
     )
 
 

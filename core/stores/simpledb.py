@@ -53,7 +53,7 @@ MAX_ITEM_ATTRIBUTES = 256
 MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
 _TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options",
-                "sent_options")
+                "sent_options", "notify_format", "notifications_given_up")
 # Counters (core.metrics) live in the jobs domain, one item per series
 # (see _counter_family): "#counters:<series>", which no job id can be. They have no `created_key` or
 # `state`, so job selects never see them. SimpleDB has no atomic add: each
@@ -146,6 +146,8 @@ def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
         version=int(attrs["version"]),
         announce_version=int(attrs["announce_version"]) if attrs.get("announce_version") else None,
         sent_options=_joined(attrs, "sent_options", missing_ok=True),
+        notify_format=_joined(attrs, "notify_format", missing_ok=True) or "form",
+        notifications_given_up=_joined(attrs, "notifications_given_up", missing_ok=True) or [],
     )
 
 
