@@ -96,3 +96,20 @@ def test_the_json_body_hides_credentials_and_shows_outputs_once_a_job_has_them()
                                               bases=(Job,))
     finished = with_outputs(**{**dataclasses.asdict(job), "outputs": outputs})
     assert json.loads(json_body(finished, "FINISHED", "", 4, ""))["outputs"] == outputs
+
+
+def test_the_receivers_example_in_the_api_docs_accepts_what_we_sign_and_nothing_else():
+    import re
+    import time
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    example = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    namespace: dict = {}
+    exec(example, namespace)  # noqa: S102 - the project's own documentation
+    receiver_verify = namespace["verify"]
+    now = int(time.time())
+    assert receiver_verify(SECRET.encode(), sign(SECRET, BODY, now), BODY)
+    assert not receiver_verify(SECRET.encode(), sign(SECRET, BODY, now), BODY + b"x")
+    assert not receiver_verify(SECRET.encode(), sign(SECRET, BODY, now - 301), BODY)
+    assert not receiver_verify(b"other", sign(SECRET, BODY, now), BODY)
