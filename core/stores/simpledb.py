@@ -10,8 +10,9 @@ every name and value at 1024 bytes. So, for each job item:
   time order;
 - `created_key` is "<created_at>|<id>": the one attribute that orders jobs
   newest first with a tie-break (a select sorts on one attribute only);
-- text fields (source, destination, notify_url, node, state_details and
-  the options as JSON) are stored as JSON strings, so None, "" and control
+- text fields (source, destination, notify_url, node, state_details,
+  notify_format, and the options and notifications given up as JSON) are
+  stored as JSON strings, so None, "" and control
   characters survive and every stored character is printable ASCII, cut
   into 1024-byte chunks `F__0`, `F__1`, ... with their number in `F__count`.
   A later, shorter value leaves unused chunks behind; `F__count` says how
