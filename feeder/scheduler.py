@@ -88,6 +88,9 @@ BACKEND_BACKOFF_CAP_S = 30.0
 MAX_GIVE_UP_REASON_CHARS = 300
 # Writes of a give-up to an ended job that another writer got to first.
 GIVE_UP_WRITE_TRIES = 3
+# Jobs still running whose give-ups are kept in memory; past this the oldest
+# kept are dropped (they stay in the log and the give-up count).
+MAX_JOBS_WITH_UNRECORDED_GIVE_UPS = 10_000
 # Pruning lists every active job; never more often than this.
 MIN_PRUNE_INTERVAL_S = 1.0
 _STOP_CHECK_S = 0.2
@@ -384,7 +387,13 @@ class Scheduler:
 
     def _give_up(self, change: StateChange, exc: NotifyError, attempts: int) -> None:
         """Keep the give-up, to be listed on the job once it has ended."""
-        self._unrecorded_give_ups.setdefault(change.job_id, []).append({
+        kept = self._unrecorded_give_ups
+        if change.job_id not in kept and len(kept) >= MAX_JOBS_WITH_UNRECORDED_GIVE_UPS:
+            dropped = next(iter(kept))
+            del kept[dropped]
+            log.warning("job %s: too many jobs with give-ups to list; its are not listed",
+                        dropped)
+        kept.setdefault(change.job_id, []).append({
             "state": change.state, "changed_at": change.at,
             "given_up_at": utcnow().isoformat(), "attempts": attempts,
             "reason": str(exc)[:MAX_GIVE_UP_REASON_CHARS]})
