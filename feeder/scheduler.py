@@ -28,8 +28,9 @@ Whatever a send raises settles it like a failed delivery: retried, then
 given up. A give-up is listed on the job (`notifications_given_up`, and a
 line in its details) once the job has ended: a write to a job an encoder
 still holds would take it from the encoder. Until then it is kept in this
-process and written when the job's next change is handled, ended (a
-restart in between leaves it in the log and the give-up count only).
+process, and written when a later change of the job is handled and the job
+has ended (a restart in between leaves it in the log and the give-up count
+only).
 Nothing a receiver or a URL does stops the loop.
 
 A job's notify_format says what is sent: the original's form, or JSON
@@ -391,8 +392,8 @@ class Scheduler:
         if change.job_id not in kept and len(kept) >= MAX_JOBS_WITH_UNRECORDED_GIVE_UPS:
             dropped = next(iter(kept))
             del kept[dropped]
-            log.warning("job %s: too many jobs with give-ups to list; its are not listed",
-                        dropped)
+            log.warning("job %s: too many running jobs with notifications given up; "
+                        "its give-ups will not be listed on it", dropped)
         kept.setdefault(change.job_id, []).append({
             "state": change.state, "changed_at": change.at,
             "given_up_at": utcnow().isoformat(), "attempts": attempts,
