@@ -102,7 +102,7 @@ def json_body(job: Job, state: str, details: str, version: int, changed_at: str)
         "updated_at": job.updated_at.isoformat() if job.updated_at else None,
         "source": uris.redact(job.source),
         "destination": uris.redact(job.destination),
-        # Read through the dict: records without outputs (older ones) give null.
+        # Through the dict: a job record without an `outputs` field gives null.
         "outputs": job.to_dict().get("outputs"),
     }, sort_keys=True).encode("utf-8")
 
