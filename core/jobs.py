@@ -58,6 +58,13 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
 # The original cut ERROR details to 1023 characters (one SimpleDB value).
 MAX_DETAILS_CHARS = 1023
 
+# How a job's notifications are sent: the original's form POST, or a signed
+# JSON body (feeder.notify, core.webhooks).
+NOTIFY_FORMATS = ("form", "json")
+# Notifications given up that a job keeps listed (the latest): a job record
+# must stay small (SimpleDB items, DynamoDB's 400 KB).
+MAX_GIVEN_UP_LISTED = 20
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -84,6 +91,10 @@ class Job:
     FINISHED (None before): uri, size_bytes, duration_s, container,
     video_codec, audio_codec, width, height, bitrate and kind ("file", "hls");
     an hls output adds master_playlist, renditions and segments.
+    `notify_format` is "form" (the original's) or "json" (signed).
+    `notifications_given_up` lists the notifications the scheduler gave up
+    on, oldest first: dicts of state, changed_at, given_up_at, attempts and
+    reason (at most MAX_GIVEN_UP_LISTED, the latest).
     """
 
     id: str
@@ -103,6 +114,8 @@ class Job:
     announce_version: int | None = None
     sent_options: dict | None = None
     outputs: list | None = None
+    notify_format: str = "form"
+    notifications_given_up: list = dataclasses.field(default_factory=list)
 
     @property
     def is_terminal(self) -> bool:

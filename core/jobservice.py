@@ -59,7 +59,8 @@ class JobService:
         self._encoding_since: dict[str, float] = {}
 
     def submit(self, source: str, destination: str, options: dict,
-               notify_url: str | None = None, sent_options: dict | None = None) -> Job:
+               notify_url: str | None = None, sent_options: dict | None = None,
+               notify_format: str = "form") -> Job:
         """Store a PENDING job and queue it for an encoder.
 
         The job is queued before it is announced: a failure to queue raises
@@ -68,7 +69,8 @@ class JobService:
         """
         job = self._create(Job(id=new_job_id(), source=source, destination=destination,
                                options=options, notify_url=notify_url,
-                               sent_options=sent_options, announce_version=1))
+                               sent_options=sent_options, notify_format=notify_format,
+                               announce_version=1))
         self._queue(job)
         return self._announce(job)
 
@@ -80,6 +82,24 @@ class JobService:
         stored = self.store.update_job(_in_outbox(retry(job)), job.version)
         self._queue(stored)
         return self._announce(stored)
+
+    def renotify(self, job_id: str) -> Job:
+        """Queue the job's current state for notification again (the scheduler
+        sends, retries and gives it up like any other). Raises NotFound, and
+        ConflictError when the job has no notify_url.
+
+        The change goes on the state-change queue directly, not through the
+        job's outbox: that would be a write to the job, which takes it from
+        the encoder holding it. A failure to queue raises BackendError, so the
+        caller knows it was not queued.
+        """
+        job = self.store.get_job(job_id)
+        if not job.notify_url:
+            raise ConflictError(f"job {job_id} has no notify_url: there is nowhere to notify")
+        self.state_changes.send(StateChange(
+            job_id=job.id, state=job.state.value, state_details=job.state_details,
+            version=job.version, at=utcnow().isoformat()).to_json())
+        return job
 
     def _queue(self, job: Job) -> None:
         """Queue a PENDING job for an encoder. A failure to queue raises here

@@ -81,6 +81,11 @@ class Settings:
     notify_timeout_s: float = 10.0
     # A failing notification is retried with backoff for at most this long.
     notify_retry_for_s: float = 300.0
+    # Key of the HMAC-SHA256 that signs JSON notifications (core.webhooks).
+    # Without it the API refuses notify_format "json": an unsigned JSON
+    # notification would be forgeable. A secret: kept out of repr (so out of
+    # logs and tracebacks) and out of the settings sent to encoders.
+    webhook_secret: str = dataclasses.field(default="", repr=False)
 
     # --- untrusted input: outbound reach and resource limits ---
     # Networks (CIDR) or host names that sources and notifications may reach

@@ -4,14 +4,15 @@ Routes (every answer is JSON with "success"; errors add "error_code" and
 "message"):
 
     POST /job/submit/          the original's call: {source_path, dest_path,
-                               notify_url?, job_options} -> {"job_id"}; or
-                               {source_path, notify_url?, outputs: [...]}
+                               notify_url?, notify_format?, job_options} -> {"job_id"}; or
+                               {source_path, notify_url?, notify_format?, outputs: [...]}
     GET  /jobs/<id>            one job
     GET  /jobs?state=&limit=&cursor=
                                jobs newest first, a page at a time
     POST /jobs/<id>/cancel     cancel a job that has not ended
     POST /jobs/<id>/retry      run again a job that ended ERROR, ABANDONED or
                                CANCELLED (same id, history kept)
+    POST /jobs/<id>/notify     send the job's current state to its notify_url again (202)
     GET  /presets              the catalogue presets a submit may name
     GET  /health               queue counts; 503 when the store or queue fails
     GET  /encoders             encoders as they last reported themselves
@@ -42,7 +43,7 @@ from core import uris
 from core.backends import Backends, open_backends
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound, ValidationError)
-from core.jobs import Job, JobState
+from core.jobs import NOTIFY_FORMATS, Job, JobState
 from core.outputs import options_for_submit
 from core.reach import listen_refusal
 from core.presets import listing as preset_listing
@@ -57,7 +58,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_CURSOR_CHARS = 1024
 
-SUBMIT_FIELDS = ("source_path", "dest_path", "notify_url", "job_options", "outputs")
+SUBMIT_FIELDS = ("source_path", "dest_path", "notify_url", "notify_format", "job_options",
+                 "outputs")
 
 # Bodies are parsed as JSON whatever these say: the original's client library
 # (urllib2 with a JSON string as data) sends application/x-www-form-urlencoded.
@@ -126,6 +128,8 @@ def job_view(job: Job) -> dict:
         "sent_options": job.sent_options,
         # What each output is, once the job FINISHED.
         "outputs": job.outputs,
+        "notify_format": job.notify_format,
+        "notifications_given_up": job.notifications_given_up,
     }
 
 
@@ -254,8 +258,9 @@ class _Routes:
         # What the client sent: its job_options, or its outputs.
         sent = body.get("job_options") if body.get("outputs") is None \
             else {"outputs": body["outputs"]}
+        notify_format = _notify_format(body.get("notify_format"), self.settings)
         job = self.backends.jobs.submit(source, destination, options, notify_url,
-                                        sent_options=sent)
+                                        sent_options=sent, notify_format=notify_format)
         log.info("job %s submitted", job.id)
         return _ok(job_id=job.id)
 
@@ -283,6 +288,11 @@ class _Routes:
         job = self.backends.jobs.retry(_checked_id(job_id))
         log.info("job %s retried", job.id)
         return _ok(job=job_view(job))
+
+    def notify(self, job_id: str):
+        job = self.backends.jobs.renotify(_checked_id(job_id))
+        log.info("job %s: notification of %s queued again", job.id, job.state)
+        return _json_response(202, {"success": True, "job": job_view(job)})
 
     def presets(self):
         return _ok(presets=preset_listing())
@@ -325,6 +335,21 @@ def _checked_id(job_id: str) -> str:
     if not _JOB_ID.fullmatch(job_id):
         raise ApiError(404, "no such job")
     return job_id
+
+
+def _notify_format(raw: object, settings: Settings) -> str:
+    """The submitted notify_format ("form" when absent). A JSON notification
+    is only sent signed, so it is refused while webhook_secret is unset."""
+    if raw is None:
+        return "form"
+    if raw not in NOTIFY_FORMATS:
+        raise ApiError(400, "notify_format must be one of "
+                            f"{', '.join(repr(f) for f in NOTIFY_FORMATS)}")
+    if raw == "json" and not settings.webhook_secret:
+        raise ApiError(400, "notify_format 'json' needs the webhook_secret setting on the "
+                            "feeder (JSON notifications are always signed); ask its operator "
+                            "to set it, or use notify_format 'form'")
+    return raw
 
 
 def _state_param(raw: str) -> JobState | None:
@@ -403,6 +428,7 @@ def make_app(backends: Backends, settings: Settings) -> bottle.Bottle:
     app.route("/jobs/<job_id>", "GET", routes.get_job)
     app.route("/jobs/<job_id>/cancel", "POST", routes.cancel)
     app.route("/jobs/<job_id>/retry", "POST", routes.retry)
+    app.route("/jobs/<job_id>/notify", "POST", routes.notify)
     app.route("/presets", "GET", routes.presets)
     app.route("/health", "GET", routes.health, public=True)
     app.route("/metrics", "GET", routes.metrics_text)

@@ -98,6 +98,10 @@ def _schemas() -> dict:
                               "file:// or s3:// URI; a prefix ending in '/' for the hls and "
                               "sprite presets"},
                 "notify_url": {**text_or_null, "description": "receives each state change"},
+                "notify_format": {"type": "string", "enum": ["form", "json"], "default": "form",
+                                  "description": "form: the original's form POST; json: the "
+                                  "JobNotification body, signed (needs webhook_secret on the "
+                                  "feeder, else 400)"},
                 "job_options": {"type": "object", "description":
                                 "{nommer, options: [passes]} as the original, or "
                                 "{preset: NAME, overrides...} (see GET /presets), or "
@@ -142,7 +146,8 @@ def _schemas() -> dict:
             "type": "object",
             "required": ["id", "state", "state_details", "progress", "attempts", "created_at",
                          "updated_at", "node", "source", "destination", "notify_url",
-                         "options", "sent_options"],
+                         "options", "sent_options", "notify_format",
+                         "notifications_given_up"],
             "properties": {
                 "id": {"type": "string"},
                 "state": {"type": "string", "enum": [s.value for s in JobState]},
@@ -159,7 +164,41 @@ def _schemas() -> dict:
                 "sent_options": {"type": ["object", "null"],
                                  "description": "what the client sent"},
                 "outputs": {"type": ["array", "null"], "items": _ref("Output"),
-                            "description": "what each output is, once FINISHED"}}},
+                            "description": "what each output is, once FINISHED"},
+                "notify_format": {"type": "string", "enum": ["form", "json"]},
+                "notifications_given_up": {
+                    "type": "array", "items": _ref("NotificationGivenUp"),
+                    "description": "notifications the scheduler stopped retrying, oldest "
+                                   "first (listed once the job has ended)"}}},
+        "NotificationGivenUp": {
+            "type": "object",
+            "required": ["state", "changed_at", "given_up_at", "attempts", "reason"],
+            "properties": {"state": {"type": "string"},
+                           "changed_at": {"type": "string", "format": "date-time",
+                                          "description": "when the change (or the re-send "
+                                                         "request) was made"},
+                           "given_up_at": {"type": "string", "format": "date-time"},
+                           "attempts": {"type": "integer", "minimum": 1},
+                           "reason": {"type": "string"}}},
+        "JobNotification": {
+            "type": "object",
+            "required": ["id", "state", "state_details", "version", "changed_at", "progress",
+                         "attempts", "created_at", "updated_at", "source", "destination",
+                         "outputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "state": {"type": "string", "enum": [s.value for s in JobState]},
+                "state_details": {"type": "string"},
+                "version": {"type": "integer", "description": "with id, tells repeats apart"},
+                "changed_at": {"type": "string", "format": "date-time"},
+                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "attempts": {"type": "integer", "minimum": 0},
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "source": {"type": "string", "description": "credentials removed"},
+                "destination": {"type": "string", "description": "credentials removed"},
+                "outputs": {"type": ["array", "null"], "items": _ref("Output"),
+                            "description": "what the job produced; null until it finished"}}},
         "Encoder": {"type": "object",
                     "required": ["id", "state", "active_jobs", "last_report", "started_at"],
                     "properties": {"id": {"type": "string"},
@@ -197,6 +236,14 @@ def _paths() -> dict:
         "/jobs/{job_id}/retry": _action(
             "Run again a job that ended ERROR, ABANDONED or CANCELLED: same id, back to "
             "PENDING, attempts counted on, the previous ending kept in state_details"),
+        "/jobs/{job_id}/notify": {"post": {
+            "summary": "Send the job's current state to its notify_url again, through the "
+                       "scheduler (retried and given up like any notification)",
+            "parameters": [_JOB_ID],
+            "responses": {**{k: v for k, v in _responses(_JOB_ANSWER, 404, 409, 503).items()
+                             if k != "200"},
+                          "202": _ok({"job": _ref("Job")}, ["job"], "queued for sending"),
+                          "409": _json(_ref("Error"), "the job has no notify_url")}}},
         "/encoders": {"get": {"summary": "Encoders as they last reported themselves",
                               "responses": _responses(_ok(
                                   {"encoders": {"type": "array", "items": _ref("Encoder")}},
@@ -240,4 +287,15 @@ def describe(version: str) -> dict:
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
         "paths": _paths(),
+        "webhooks": {"jobNotification": {"post": {
+            "summary": "What a job submitted with notify_format json POSTs to its notify_url",
+            "parameters": [{"name": "Nommer-Signature", "in": "header", "required": True,
+                            "schema": {"type": "string"},
+                            "description": "t=<unix time>,v1=<hex HMAC-SHA256 of "
+                                           "'<t>.<body>' keyed with webhook_secret>; see "
+                                           "docs/api.md"}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("JobNotification")}}},
+            "responses": {"200": {"description": "any 2xx (or 303): delivered; anything "
+                                                 "else is retried with backoff"}}}}},
     }

@@ -25,8 +25,17 @@ at once; a job whose receiver is busy is put back in the queue for a moment
 thread nor fill the changes held in memory.
 
 Whatever a send raises settles it like a failed delivery: retried, then
-given up, and the give-up is written into the job's details once it has
-ended. Nothing a receiver or a URL does stops the loop.
+given up. A give-up is listed on the job (`notifications_given_up`, and a
+line in its details) once the job has ended: a write to a job an encoder
+still holds would take it from the encoder. Until then it is kept in this
+process, and written when a later change of the job is handled and the job
+has ended (a restart in between leaves it in the log and the give-up count
+only).
+Nothing a receiver or a URL does stops the loop.
+
+A job's notify_format says what is sent: the original's form, or JSON
+signed with settings.webhook_secret (feeder.notify); each attempt is built
+from the job as it is then and signed at its own time.
 """
 from __future__ import annotations
 
@@ -43,11 +52,12 @@ from core.backends import Backends, open_backends
 from core.daemon import configure_logging, run_until_signalled
 from core.errors import BackendError, ConflictError, NommerError, NotFound, ValidationError
 from core.interfaces import Message
-from core.jobs import MAX_DETAILS_CHARS, utcnow
+from core.jobs import MAX_DETAILS_CHARS, MAX_GIVEN_UP_LISTED, Job, utcnow
 from core.jobservice import StateChange
 from core.reach import Reach
 from core.settings import Settings, load
-from feeder.notify import NotifyError, describe_url, receiver_key, send_notification
+from feeder.notify import (JSON_CONTENT_TYPE, NotifyError, Payload, describe_url, json_body,
+                           receiver_key, send_notification)
 
 log = logging.getLogger("feeder.scheduler")
 
@@ -75,6 +85,13 @@ DEFER_MARGIN_S = 0.5
 # by hand, taken by another scheduler), later changes stop waiting for it.
 RETRY_GRACE_S = 5.0
 BACKEND_BACKOFF_CAP_S = 30.0
+# A give-up's reason as listed on the job is cut to this many characters.
+MAX_GIVE_UP_REASON_CHARS = 300
+# Writes of a give-up to an ended job that another writer got to first.
+GIVE_UP_WRITE_TRIES = 3
+# Jobs still running whose give-ups are kept in memory; past this the oldest
+# kept are dropped (they stay in the log and the give-up count).
+MAX_JOBS_WITH_UNRECORDED_GIVE_UPS = 10_000
 # Pruning lists every active job; never more often than this.
 MIN_PRUNE_INTERVAL_S = 1.0
 _STOP_CHECK_S = 0.2
@@ -153,6 +170,8 @@ class Scheduler:
         # Deliveries of a change that only waited for its busy receiver (by
         # message id): they are not failures, so they do not lengthen backoff.
         self._busy_waits: collections.Counter[str] = collections.Counter()
+        # Give-ups of jobs that had not ended yet (by job id), written once they have.
+        self._unrecorded_give_ups: dict[str, list[dict]] = {}
         self._reach = Reach(settings)
         self._next_prune_at = 0.0  # time.monotonic(); 0 prunes at start
         self._backend_backoff_s = 1.0
@@ -266,6 +285,8 @@ class Scheduler:
                 job = None
             # (BackendError leaves `held` first in line for the next pass.)
             lane.pop(0)
+            if job is not None and job.is_terminal and job_id in self._unrecorded_give_ups:
+                self._record_give_ups(job_id)
             if job is None:
                 log.warning("job %s %s: not in the store; change dropped",
                             job_id, held.change.state)
@@ -279,7 +300,7 @@ class Scheduler:
                 return
             else:
                 self._jobs.metrics.add("notification_attempts_total")
-                self._send(held, job.notify_url)
+                self._send(held, job)
                 break
         if not lane:
             del self._waiting[job_id]
@@ -288,15 +309,23 @@ class Scheduler:
         return (len(self._sending) < SENDER_THREADS
                 and self._per_receiver[receiver] < self._settings.notify_per_receiver)
 
-    def _send(self, held: _Held, url: str) -> None:
+    def _send(self, held: _Held, job: Job) -> None:
         settings = self._settings
+        url = job.notify_url
         receiver = receiver_key(url)
         future = self._pool.submit(
             send_notification, url, held.change.job_id, held.change.state,
             held.change.state_details, settings.notify_timeout_s, self._reach,
-            settings.outbound_connect_timeout_s)
+            settings.outbound_connect_timeout_s, self._payload(held.change, job))
         self._per_receiver[receiver] += 1
         self._sending[held.change.job_id] = _Sending(held, url, receiver, future)
+
+    def _payload(self, change: StateChange, job: Job) -> Payload | None:
+        """The JSON payload for a job that asked for it; None sends the form."""
+        if job.notify_format != "json":
+            return None
+        body = json_body(job, change.state, change.state_details, change.version, change.at)
+        return Payload(body, JSON_CONTENT_TYPE, signing_secret=self._settings.webhook_secret)
 
     def _defer_lane(self, job_id: str, delay_s: float) -> None:
         """Hide the job's waiting changes: the first for `delay_s`, the later
@@ -346,7 +375,8 @@ class Scheduler:
             self._jobs.metrics.add("notification_give_ups_total")
             log.warning("job %s %s: notification to %s given up after %.0f s: %s",
                         change.job_id, change.state, describe_url(url), age_s, exc)
-            self._record_give_up(change, exc)
+            attempts = max(1, held.receive_count - self._busy_waits[held.message_id])
+            self._give_up(change, exc, attempts)
             self._done(held)
             return
         failures = held.receive_count - self._busy_waits[held.message_id]
@@ -356,20 +386,46 @@ class Scheduler:
         self._waiting.setdefault(change.job_id, []).insert(0, held)
         self._defer_lane(change.job_id, delay_s)
 
-    def _record_give_up(self, change: StateChange, exc: NotifyError) -> None:
-        """Add the give-up to the job's details, once the job has ended: a
-        write to a job an encoder still holds would take it from the encoder."""
-        note = f"notification of {change.state} given up: {exc}"
-        try:
-            job = self._store.get_job(change.job_id)
-            if not job.is_terminal or note in job.state_details:
+    def _give_up(self, change: StateChange, exc: NotifyError, attempts: int) -> None:
+        """Keep the give-up, to be listed on the job once it has ended."""
+        kept = self._unrecorded_give_ups
+        if change.job_id not in kept and len(kept) >= MAX_JOBS_WITH_UNRECORDED_GIVE_UPS:
+            dropped = next(iter(kept))
+            del kept[dropped]
+            log.warning("job %s: too many running jobs with notifications given up; "
+                        "its give-ups will not be listed on it", dropped)
+        kept.setdefault(change.job_id, []).append({
+            "state": change.state, "changed_at": change.at,
+            "given_up_at": utcnow().isoformat(), "attempts": attempts,
+            "reason": str(exc)[:MAX_GIVE_UP_REASON_CHARS]})
+        self._record_give_ups(change.job_id)
+
+    def _record_give_ups(self, job_id: str) -> None:
+        """List the job's kept give-ups on it (and a line each in its details),
+        if it has ended: a write to a job an encoder still holds would take it
+        from the encoder. A give-up already listed (the same change given up
+        again after a redelivery) is not listed twice."""
+        pending = self._unrecorded_give_ups.get(job_id)
+        if not pending:
+            return
+        for _ in range(GIVE_UP_WRITE_TRIES):
+            try:
+                job = self._store.get_job(job_id)
+                if not job.is_terminal:
+                    return
+                listed = _with_give_ups(job, pending)
+                if listed is not None:
+                    self._store.update_job(listed, job.version)
+            except NotFound:
+                break
+            except ConflictError:
+                continue  # retried, or another scheduler listed its own: read again
+            except BackendError as exc:
+                log.warning("job %s: could not record the notification give-up (%s); "
+                            "tried again with its next change", job_id, exc)
                 return
-            details = f"{job.state_details}\n{note}" if job.state_details else note
-            self._store.update_job(dataclasses.replace(
-                job, state_details=details[-MAX_DETAILS_CHARS:]), job.version)
-        except (NotFound, ConflictError, BackendError) as exc_store:
-            log.warning("job %s: could not record the notification give-up: %s",
-                        change.job_id, exc_store)
+            break
+        self._unrecorded_give_ups.pop(job_id, None)
 
     def _done(self, held: _Held) -> None:
         self._busy_waits.pop(held.message_id, None)
@@ -439,6 +495,22 @@ class Scheduler:
         deadline = time.monotonic() + seconds
         while not self._stopping and time.monotonic() < deadline:
             time.sleep(min(_STOP_CHECK_S, max(0.0, deadline - time.monotonic())))
+
+
+def _with_give_ups(job: Job, give_ups: list[dict]) -> Job | None:
+    """`job` with the `give_ups` it does not list yet added to its list and
+    details; None when it lists them all already."""
+    listed = {(g.get("state"), g.get("changed_at")) for g in job.notifications_given_up}
+    new = [g for g in give_ups if (g["state"], g["changed_at"]) not in listed]
+    if not new:
+        return None
+    details = job.state_details
+    for give_up in new:
+        note = f"notification of {give_up['state']} given up: {give_up['reason']}"
+        details = f"{details}\n{note}" if details else note
+    return dataclasses.replace(
+        job, state_details=details[-MAX_DETAILS_CHARS:],
+        notifications_given_up=(job.notifications_given_up + new)[-MAX_GIVEN_UP_LISTED:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,7 +183,7 @@ def install(host: FeederHost, release: str, wheelhouse: Path, target: Target) ->
 
 def host_files(settings: Settings, layout: FeederLayout,
                run_as: str | None) -> dict[PurePosixPath, tuple[str, int]]:
-    """{path: (text, mode)}; nomconf.toml may hold api_token, so only root
+    """{path: (text, mode)}; nomconf.toml may hold api_token and webhook_secret, so only root
     (and the service user's group) may read it."""
     return {
         layout.nomconf: (render_nomconf(settings, layout), 0o640 if run_as else 0o600),

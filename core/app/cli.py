@@ -78,17 +78,20 @@ class ApiClient:
             raise ApiUnavailable(f"cannot reach the API at {self.base_url}: {exc}") from None
 
     def submit(self, source: str, destination: str, passes: list[dict],
-               notify_url: str | None = None) -> str:
+               notify_url: str | None = None, notify_format: str | None = None) -> str:
         return self.submit_options(source, destination,
-                                   {"nommer": FFMPEG_NOMMER, "options": passes}, notify_url)
+                                   {"nommer": FFMPEG_NOMMER, "options": passes}, notify_url,
+                                   notify_format)
 
     def submit_options(self, source: str, destination: str, job_options: dict,
-                       notify_url: str | None = None) -> str:
+                       notify_url: str | None = None, notify_format: str | None = None) -> str:
         """Submit with `job_options` as they are (passes, or {"preset": NAME, ...});
         returns the job id. Raises NommerError with the API's message when refused."""
         body = {"source_path": source, "dest_path": destination, "job_options": job_options}
         if notify_url:
             body["notify_url"] = notify_url
+        if notify_format:
+            body["notify_format"] = notify_format
         answer = self._request("POST", "/job/submit/", body)
         if not answer.get("success"):
             raise ApiRefused(f"job refused: {answer.get('message')}")
@@ -235,11 +238,13 @@ def cmd_submit(args, settings) -> int:
     source, destination = as_uri(args.source), as_uri(args.destination)
     if args.preset:
         job_id = client.submit_options(source, destination,
-                                       preset_request(args.preset, args.set), args.notify_url)
+                                       preset_request(args.preset, args.set), args.notify_url,
+                                       args.notify_format)
     elif args.set:
         raise NommerError("--set changes a preset: give --preset NAME too")
     else:
-        job_id = client.submit(source, destination, h264_passes(args.two_pass), args.notify_url)
+        job_id = client.submit(source, destination, h264_passes(args.two_pass), args.notify_url,
+                               args.notify_format)
     print(job_id)
     if args.follow:
         job = follow(client, job_id, timeout_s=args.timeout)
@@ -287,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a preset override, e.g. video_bitrate=1500k (repeatable)")
     submit.add_argument("--notify-url")
+    submit.add_argument("--notify-format", choices=("form", "json"),
+                        help="form (the original's, default) or json (signed; needs "
+                             "webhook_secret on the feeder)")
     submit.add_argument("--two-pass", action="store_true")
     submit.add_argument("--follow", action="store_true")
     submit.add_argument("--timeout", type=float, default=3600)

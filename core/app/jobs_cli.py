@@ -1,5 +1,5 @@
 """`nommer` commands that look at and steer running jobs: status, list,
-cancel, retry, watch, and logs (the supervisord logs of this machine)."""
+cancel, retry, notify, watch, and logs (the supervisord logs of this machine)."""
 from __future__ import annotations
 
 import argparse
@@ -27,12 +27,15 @@ def job_text(job: dict) -> str:
              f"source   {job['source']}",
              f"dest     {job['destination']}"]
     if job.get("notify_url"):
-        lines.append(f"notify   {job['notify_url']}")
+        lines.append(f"notify   {job['notify_url']} ({job.get('notify_format', 'form')})")
     lines += [f"created  {job['created_at']}", f"updated  {job['updated_at']}"]
     if job.get("state_details"):
         lines.append(f"details  {job['state_details']}")
     for output in job.get("outputs") or []:
         lines.append(f"output   {output_text(output)}")
+    for give_up in job.get("notifications_given_up") or []:
+        lines.append(f"given up notification of {give_up['state']} at {give_up['given_up_at']}"
+                     f" after {give_up['attempts']} attempts: {give_up['reason']}")
     return "\n".join(lines)
 
 
@@ -81,6 +84,12 @@ def cmd_cancel(args, settings) -> int:
 def cmd_retry(args, settings) -> int:
     job = api_client(settings, args).act(args.job_id, "retry")
     print(f"{job['id']} {job['state']}")
+    return 0
+
+
+def cmd_notify(args, settings) -> int:
+    job = api_client(settings, args).act(args.job_id, "notify")
+    print(f"{job['id']} {job['state']}: notification queued")
     return 0
 
 
@@ -177,7 +186,8 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--limit", type=int, default=50, help="at most this many (1-100)")
     listing.add_argument("--json", action="store_true", help="the jobs as JSON, for scripts")
     for name, meaning in (("cancel", "cancel a job that has not ended"),
-                          ("retry", "run again a job that ended ERROR, ABANDONED or CANCELLED")):
+                          ("retry", "run again a job that ended ERROR, ABANDONED or CANCELLED"),
+                          ("notify", "send the job's current state to its notify_url again")):
         sub.add_parser(name, help=meaning, parents=[common]).add_argument("job_id")
     watch = sub.add_parser("watch", help="a live table of the jobs not yet ended (Ctrl-C stops)",
                            parents=[common])
@@ -193,4 +203,4 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
 
 
 HANDLERS = {"status": cmd_status, "list": cmd_list, "cancel": cmd_cancel, "retry": cmd_retry,
-            "watch": cmd_watch, "logs": cmd_logs}
+            "notify": cmd_notify, "watch": cmd_watch, "logs": cmd_logs}

@@ -113,6 +113,8 @@ def _job_item(job: Job, version: int, token: str) -> dict:
         "listing": {"S": _listing_key(job.id)},
         "sent_options": _json_or_null(job.sent_options),
         "outputs": _json_or_null(job.outputs),
+        "notify_format": {"S": job.notify_format},
+        "notifications_given_up": {"S": json.dumps(job.notifications_given_up, sort_keys=True)},
     }
     if job.announce_version is not None:
         # The outbox; `outbox` keys the sparse index that finds it.
@@ -162,6 +164,10 @@ def _job_from_item(item: dict) -> Job:
         announce_version=int(item["announce_version"]["N"]) if "announce_version" in item else None,
         sent_options=_json_field(item, "sent_options"),
         outputs=_json_field(item, "outputs"),
+        # Items written before these fields existed have no attribute at all.
+        notify_format=item["notify_format"]["S"] if "notify_format" in item else "form",
+        notifications_given_up=(json.loads(item["notifications_given_up"]["S"])
+                                if "notifications_given_up" in item else []),
     )
 
 

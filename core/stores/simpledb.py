@@ -11,7 +11,8 @@ every name and value at 1024 bytes. So, for each job item:
 - `created_key` is "<created_at>|<id>": the one attribute that orders jobs
   newest first with a tie-break (a select sorts on one attribute only);
 - text fields (source, destination, notify_url, node, state_details,
-  and the options, sent options and outputs as JSON) are stored as JSON strings, so None, "" and control
+  notify_format, and the options, sent options, outputs and notifications
+  given up as JSON) are stored as JSON strings, so None, "" and control
   characters survive and every stored character is printable ASCII, cut
   into 1024-byte chunks `F__0`, `F__1`, ... with their number in `F__count`.
   A later, shorter value leaves unused chunks behind; `F__count` says how
@@ -53,7 +54,7 @@ MAX_ITEM_ATTRIBUTES = 256
 MAX_SELECT_LIMIT = 2500
 _NUMBER_DIGITS = 10
 _TEXT_FIELDS = ("source", "destination", "notify_url", "node", "state_details", "options",
-                "sent_options", "outputs")
+                "sent_options", "outputs", "notify_format", "notifications_given_up")
 # Counters (core.metrics) live in the jobs domain, one item per series
 # (see _counter_family): "#counters:<series>", which no job id can be. They have no `created_key` or
 # `state`, so job selects never see them. SimpleDB has no atomic add: each
@@ -147,6 +148,8 @@ def _job_from_attributes(job_id: str, attrs: dict[str, str]) -> Job:
         announce_version=int(attrs["announce_version"]) if attrs.get("announce_version") else None,
         sent_options=_joined(attrs, "sent_options", missing_ok=True),
         outputs=_joined(attrs, "outputs", missing_ok=True),
+        notify_format=_joined(attrs, "notify_format", missing_ok=True) or "form",
+        notifications_given_up=_joined(attrs, "notifications_given_up", missing_ok=True) or [],
     )
 
 

@@ -16,7 +16,8 @@ from core.sqlite_db import SQLiteDatabase, translate_errors
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
 # Schema version 5 (2 added sent_options, 3 the nodes' draining mark, 4 the
-# announce_version outbox, 5 the finished job's outputs; see _migrate). A later version adds its migration
+# announce_version outbox, 5 the finished job's outputs, notify_format and
+# notifications_given_up; see _migrate). A later version adds its migration
 # there and bumps the row in schema_versions (shared with the queues, one row
 # per component).
 SCHEMA_VERSION = 5
@@ -42,7 +43,9 @@ _SCHEMA = [
         version INTEGER NOT NULL,
         sent_options TEXT,                  -- JSON object, or NULL
         announce_version INTEGER,
-        outputs TEXT)                       -- JSON list, or NULL
+        outputs TEXT,                       -- JSON list, or NULL
+        notify_format TEXT,                 -- "form" or "json"; NULL is "form"
+        notifications_given_up TEXT)        -- JSON list, or NULL for none
     """,
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id)",
@@ -62,7 +65,7 @@ _SCHEMA = [
 _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
                 "state_details", "progress", "attempts", "node", "created_at",
                 "updated_at", "lease_expires_at", "version", "sent_options",
-                "announce_version", "outputs")
+                "announce_version", "outputs", "notify_format", "notifications_given_up")
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 
@@ -80,6 +83,9 @@ def _job_params(job: Job, version: int) -> dict:
                          else json.dumps(job.sent_options, sort_keys=True)),
         "announce_version": job.announce_version,
         "outputs": None if job.outputs is None else json.dumps(job.outputs, sort_keys=True),
+        "notify_format": job.notify_format,
+        "notifications_given_up": (json.dumps(job.notifications_given_up, sort_keys=True)
+                                   if job.notifications_given_up else None),
     }
 
 
@@ -97,6 +103,9 @@ def _job_from_row(row: tuple) -> Job:
         sent_options=json.loads(values["sent_options"]) if values["sent_options"] else None,
         announce_version=values["announce_version"],
         outputs=json.loads(values["outputs"]) if values["outputs"] else None,
+        notify_format=values["notify_format"] or "form",
+        notifications_given_up=(json.loads(values["notifications_given_up"])
+                                if values["notifications_given_up"] else []),
     )
 
 
@@ -124,6 +133,10 @@ class SQLiteJobStore(JobStore):
                 conn.execute("ALTER TABLE jobs ADD COLUMN announce_version INTEGER")
             if "outputs" not in columns:
                 conn.execute("ALTER TABLE jobs ADD COLUMN outputs TEXT")
+            if "notify_format" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN notify_format TEXT")
+            if "notifications_given_up" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN notifications_given_up TEXT")
             conn.execute("CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs (updated_at) "
                          "WHERE announce_version IS NOT NULL")
             node_columns = {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}

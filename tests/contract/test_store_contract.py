@@ -37,7 +37,11 @@ def test_every_field_survives_create_and_get(store):
         lease_expires_at=datetime(2024, 5, 1, 12, 1, 1, tzinfo=timezone.utc),
         version=0,
         sent_options={"nommer": "ffmpeg", "options": [{"outfile_options": [["threads", 0],
-                                                                         ["an", None]]}]})
+                                                                         ["an", None]]}]},
+        notify_format="json",
+        notifications_given_up=[{"state": "PENDING", "changed_at": "2024-05-01T12:00:00+00:00",
+                                 "given_up_at": "2024-05-01T12:05:00+00:00", "attempts": 7,
+                                 "reason": "receiver answered HTTP 500"}])
 
     created = store.create_job(job)
     fetched = store.get_job("job-1")
@@ -62,6 +66,13 @@ def test_a_finished_jobs_outputs_survive_update_and_get_even_past_one_simpledb_v
 def test_a_job_without_sent_options_reads_back_none(store):
     store.create_job(_job("job-1"))
     assert store.get_job("job-1").sent_options is None
+
+
+def test_a_job_stored_without_a_notify_format_reads_back_form_and_no_give_ups(store):
+    store.create_job(_job("job-1"))
+    fetched = store.get_job("job-1")
+    assert fetched.notify_format == "form"
+    assert fetched.notifications_given_up == []
 
 
 def test_notify_url_and_empty_lease_round_trip(store):
@@ -387,6 +398,8 @@ def test_sqlite_store_opens_a_database_made_before_sent_options(tmp_path):
     try:
         assert store.get_job("old-1").sent_options is None
         assert store.get_job("old-1").outputs is None
+        assert store.get_job("old-1").notify_format == "form"
+        assert store.get_job("old-1").notifications_given_up == []
         store.create_job(_job("new-1", sent_options={"preset": "mp4-720p"}))
         assert store.get_job("new-1").sent_options == {"preset": "mp4-720p"}
     finally:

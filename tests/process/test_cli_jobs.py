@@ -56,6 +56,21 @@ def test_list_filters_by_state_and_cancel_then_retry_change_the_job(api):
     assert api.backends.store.get_job(cancelled).state.value == "PENDING"
 
 
+def test_notify_queues_the_current_state_again_or_says_why_not(api):
+    job_id = api.submit(token=TOKEN)
+    silent = api.submit(token=TOKEN, notify_url=None)
+    api.backends.state_changes.receive(max_messages=10)  # the submits' own announcements
+
+    sent = nommer(api, "notify", job_id)
+    refused = nommer(api, "notify", silent)
+
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.strip() == f"{job_id} PENDING: notification queued"
+    queued = [json.loads(m.body) for m in api.backends.state_changes.receive(max_messages=10)]
+    assert [(c["job_id"], c["state"]) for c in queued] == [(job_id, "PENDING")]
+    assert refused.returncode == 3 and "notify_url" in refused.stderr
+
+
 def test_exit_codes_tell_refusals_from_an_unreachable_api(api, tmp_path):
     job_id = api.submit(token=TOKEN)
 

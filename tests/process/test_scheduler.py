@@ -3,6 +3,7 @@ real HTTP receiver of every state change and abandons stale jobs."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -40,7 +41,9 @@ class Receiver:
     """An application's notification endpoint on 127.0.0.1.
 
     Paths: /ok answers 200; /flaky/N answers 500 to its first N requests,
-    then 200; /down always 500; /slow answers 200 after SLOW_ANSWER_S.
+    then 200; /down always 500; /slow answers 200 after SLOW_ANSWER_S;
+    /mended 500 until `mended` is set. Each request is kept with its
+    headers, raw body, arrival time (time.time()) and, for a form, its fields.
     """
 
     def __init__(self):
@@ -48,12 +51,13 @@ class Receiver:
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}
         self.release = threading.Event()
+        self.mended = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status = receiver._record_and_decide(self, body.decode("ascii"))
+                status = receiver._record_and_decide(self, body)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -69,10 +73,13 @@ class Receiver:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
 
-    def _record_and_decide(self, handler, body: str) -> int:
+    def _record_and_decide(self, handler, body: bytes) -> int:
         path = handler.path.split("?")[0]
+        is_form = handler.headers.get("Content-Type") == "application/x-www-form-urlencoded"
         entry = {"path": handler.path, "user_agent": handler.headers.get("User-Agent"),
-                 "form": dict(parse_qsl(body, keep_blank_values=True)), "status": None}
+                 "headers": dict(handler.headers), "body": body, "at": time.time(),
+                 "form": dict(parse_qsl(body.decode("ascii"), keep_blank_values=True))
+                 if is_form else {}, "status": None}
         with self._lock:
             self._seen[path] = count = self._seen.get(path, 0) + 1
             self.requests.append(entry)
@@ -80,6 +87,8 @@ class Receiver:
             status = 500 if count <= int(path.rsplit("/", 1)[1]) else 200
         elif path == "/down":
             status = 500
+        elif path == "/mended":
+            status = 200 if self.mended.is_set() else 500
         else:
             if path == "/slow":
                 self.release.wait(SLOW_ANSWER_S)
@@ -90,6 +99,13 @@ class Receiver:
     def attempts(self, job_id: str) -> list[dict]:
         with self._lock:
             return [r for r in self.requests if r["form"].get("unique_id") == job_id]
+
+    def json_of(self, job_id: str) -> list[dict]:
+        """The JSON notifications of `job_id`, as received."""
+        with self._lock:
+            requests = list(self.requests)
+        return [r for r in requests
+                if not r["form"] and json.loads(r["body"]).get("id") == job_id]
 
     def delivered_states(self, job_id: str) -> list[str]:
         return [r["form"]["job_state"] for r in self.attempts(job_id) if r["status"] == 200]
@@ -132,13 +148,6 @@ class Schedulers:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
-
-
-@pytest.fixture
-def receiver():
-    built = Receiver()
-    yield built
-    built.close()
 
 
 @pytest.fixture

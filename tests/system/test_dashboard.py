@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.app.local_system import LocalSystem
+from core.app.local_system import LocalSystem, wait_for
 from core.media import ffmpeg_path, make_sample_clip
+from tests.fixtures.hostile_http import HostileServer
 from tests.system.test_system import FAST, passes, wait_state
 
 pytestmark = pytest.mark.timeout(240)
@@ -109,3 +110,24 @@ def test_a_job_is_cancelled_then_retried_from_the_page(system, clip, page):
     row.locator(".state:not(.CANCELLED)").wait_for()
     job = wait_state(system, job_id, {"FINISHED", "ERROR"}, timeout_s=180)
     assert job["state"] == "FINISHED" and job["attempts"] >= 1
+
+
+def test_a_finished_jobs_notification_is_sent_again_from_the_page(system, clip, page):
+    receiver = HostileServer()
+    try:
+        out = system.media_dir / "out" / "notified-again.mp4"
+        job_id = system.client.submit(clip.as_uri(), out.as_uri(), passes(),
+                                      receiver.url("/ok"))
+        row = _row(page, job_id)
+        row.locator(".state.FINISHED").wait_for()
+
+        def finished_sent():
+            return [r for r in receiver.received("/ok")
+                    if r["form"].get("unique_id") == job_id
+                    and r["form"].get("job_state") == "FINISHED"]
+
+        wait_for(finished_sent, 30, what="the FINISHED notification")
+        row.locator("button.notify").click()
+        wait_for(lambda: len(finished_sent()) == 2, 30, what="FINISHED sent again")
+    finally:
+        receiver.close()

@@ -46,3 +46,20 @@ def test_status_text_shows_what_each_finished_output_is():
     assert "output   file, mp4, 640x360, 1000 bytes  file:///m/a.mp4" in lines
     assert ("output   hls, hls, 1280x720, 2 renditions, 9 segments, 5000 bytes  "
             "file:///m/show/master.m3u8") in lines
+
+
+def test_status_text_shows_the_notification_format_and_each_give_up():
+    from core.app.jobs_cli import job_text
+
+    job = {"id": "job-1", "state": "FINISHED", "progress": 100, "node": None, "attempts": 1,
+           "source": "file:///m/in.mp4", "destination": "file:///m/out.mp4",
+           "notify_url": "http://app.example/done", "notify_format": "json",
+           "created_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:01:00+00:00",
+           "state_details": "", "notifications_given_up": [
+               {"state": "FINISHED", "changed_at": "2026-01-01T00:01:00+00:00",
+                "given_up_at": "2026-01-01T00:06:00+00:00", "attempts": 9,
+                "reason": "receiver answered HTTP 503"}]}
+    text = job_text(job)
+    assert "notify   http://app.example/done (json)" in text
+    assert ("given up notification of FINISHED at 2026-01-01T00:06:00+00:00 after 9 "
+            "attempts: receiver answered HTTP 503") in text

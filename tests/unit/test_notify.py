@@ -9,7 +9,8 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from feeder.notify import NotifyError, send_notification
+from core.webhooks import verify
+from feeder.notify import JSON_CONTENT_TYPE, NotifyError, Payload, send_notification
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,6 +105,26 @@ def test_empty_details_are_sent_as_an_empty_field(receiver):
     send_notification(receiver.url("/hook"), "job1", "PENDING", "", timeout_s=5)
 
     assert receiver.requests[0]["body"] == "unique_id=job1&job_state=PENDING&job_state_details="
+
+
+def test_a_json_payload_is_sent_signed_and_its_redirect_carries_the_same_signature(receiver):
+    receiver.answers["/moved"] = _answer_status(307, "/hook")
+    body = b'{"id": "job1", "state": "FINISHED"}'
+    send_notification(receiver.url("/moved"), "job1", "FINISHED", "", timeout_s=5,
+                      payload=Payload(body, JSON_CONTENT_TYPE, signing_secret="k3y"))
+
+    first, moved = receiver.requests
+    assert moved["path"] == "/hook" and moved["headers"]["Content-Type"] == "application/json"
+    assert moved["headers"]["Nommer-Signature"] == first["headers"]["Nommer-Signature"]
+    verify("k3y", moved["headers"]["Nommer-Signature"], moved["body"].encode(), now=time.time())
+
+
+def test_a_json_payload_without_a_secret_is_never_sent(receiver):
+    with pytest.raises(NotifyError) as caught:
+        send_notification(receiver.url("/hook"), "job1", "FINISHED", "", timeout_s=5,
+                          payload=Payload(b"{}", JSON_CONTENT_TYPE, signing_secret=""))
+    assert caught.value.retryable is False and "webhook_secret" in str(caught.value)
+    assert receiver.requests == []
 
 
 def test_server_error_raises_notify_error_worth_retrying(receiver):
