@@ -1,0 +1,273 @@
+"""Benchmark of the API's read path: GET /jobs/<id> requests per second.
+
+Two servers run side by side as separate processes, on the same server
+(waitress, with the API's thread count):
+  api    `python -m feeder.api` itself, on the embedded store, with the
+         settings `nommer run` gives it (its request log going to a file as
+         under supervisord)
+  bare   a bare Bottle app answering the same JSON body from a dict
+The load comes from client processes (so they never hold a server's GIL),
+each keeping one keep-alive connection (urllib3) busy. Each server is loaded
+in turn, A-B-B-A, repeated; the figures are the medians.
+
+Prints both rates and their ratio (api / bare).
+
+Usage: python bench/api.py [--seconds 0.5] [--rounds 12] [--clients 4] [--threads N]
+       python bench/api.py --profile   (cProfile of the API's request path, in-process)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import urllib3
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from core.settings import Settings  # noqa: E402
+
+
+
+def submission(media: Path) -> dict:
+    """A job as clients send one: files under the media folder, a notify URL, a preset."""
+    media.mkdir(parents=True, exist_ok=True)
+    (media / "clip.mp4").write_bytes(b"")
+    return {"source_path": (media / "clip.mp4").as_uri(),
+            "dest_path": (media / "out" / "clip.mp4").as_uri(),
+            "notify_url": "http://127.0.0.1:9/done/", "job_options": {"preset": "mp4-720p"}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_bare(port: int, threads: int, body_file: str) -> None:
+    """The comparison: Bottle on waitress returning a dict (Bottle's own JSON)."""
+    import bottle
+    import waitress
+
+    answer = json.loads(Path(body_file).read_text())
+    app = bottle.Bottle()
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id):
+        return answer
+
+    waitress.serve(app, host="127.0.0.1", port=port, threads=threads, ident="bare",
+                   _quiet=True)
+
+
+def _client(urls: dict[str, str], commands, results) -> None:
+    """One keep-alive connection to each server; on ("name", seconds), loads
+    that server for so long and answers how many requests it got done."""
+    pools, paths = {}, {}
+    for name, url in urls.items():
+        parts = urllib3.util.parse_url(url)
+        pools[name] = urllib3.HTTPConnectionPool(parts.host, parts.port, maxsize=1,
+                                                 retries=False)
+        paths[name] = parts.request_uri
+        for _ in range(20):  # warm: the connection opened, the server's caches filled
+            pools[name].request("GET", paths[name]).data
+    results.put("ready")
+    for name, seconds in iter(commands.get, None):
+        pool, path = pools[name], paths[name]
+        count, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            response = pool.request("GET", path)
+            if response.status != 200:
+                raise RuntimeError(f"{urls[name]}: HTTP {response.status}")
+            count += 1
+        results.put(count)
+
+
+class Load:
+    """`clients` processes, each with a keep-alive connection to every server."""
+
+    def __init__(self, urls: dict[str, str], clients: int):
+        context = multiprocessing.get_context("fork")
+        self._commands = [context.Queue() for _ in range(clients)]
+        self._results = context.Queue()
+        self._workers = [context.Process(target=_client, args=(urls, commands, self._results),
+                                         daemon=True)
+                         for commands in self._commands]
+        for worker in self._workers:
+            worker.start()
+        for _ in self._workers:
+            if self._results.get(timeout=60) != "ready":
+                raise RuntimeError("a client failed to start")
+
+    def rate(self, name: str, seconds: float) -> float:
+        """Requests per second all clients together get from server `name`."""
+        for commands in self._commands:
+            commands.put((name, seconds))
+        return sum(self._results.get(timeout=seconds + 60) for _ in self._workers) / seconds
+
+    def close(self) -> None:
+        for commands in self._commands:
+            commands.put(None)
+        for worker in self._workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+
+
+def wait_up(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited: {log.read_text()[-2000:]}")
+        try:
+            urllib3.request("GET", url, timeout=2, retries=False)
+            return
+        except urllib3.exceptions.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(argv, cwd=str(PROJECT_DIR), env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def run(args) -> int:
+    root = Path(tempfile.mkdtemp(prefix="nommer-bench-api-"))
+    threads = args.threads or Settings().api_threads
+    api_port, bare_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMMER_")}
+    env.update(PYTHONPATH=str(PROJECT_DIR), NOMMER_DATA_DIR=str(root / "var"),
+               NOMMER_API_PORT=str(api_port), NOMMER_API_THREADS=str(threads))
+    processes = []
+    try:
+        api = start([sys.executable, "-m", "feeder.api"], env, root / "api.log")
+        processes.append(api)
+        wait_up(f"http://127.0.0.1:{api_port}/health", api, root / "api.log")
+        submitted = urllib3.request("POST", f"http://127.0.0.1:{api_port}/job/submit/",
+                                    body=json.dumps(submission(root / "var" / "media")).encode()).json()
+        assert submitted.get("success"), submitted
+        job_id = submitted["job_id"]
+        api_url = f"http://127.0.0.1:{api_port}/jobs/{job_id}"
+        body = urllib3.request("GET", api_url).json()
+        (root / "body.json").write_text(json.dumps(body))
+        bare = start([sys.executable, __file__, "--serve-bare", str(bare_port), str(threads),
+                      str(root / "body.json")], env, root / "bare.log")
+        processes.append(bare)
+        bare_url = f"http://127.0.0.1:{bare_port}/jobs/{job_id}"
+        wait_up(bare_url, bare, root / "bare.log")
+
+        rates: dict[str, list[float]] = {"api": [], "bare": []}
+        load = Load({"api": api_url, "bare": bare_url}, args.clients)
+        # A-B-B-A in short turns: each server runs as often early as late,
+        # so a drift in the machine's load weighs on both alike.
+        for name in ("bare", "api", "api", "bare") * args.rounds:
+            rates[name].append(load.rate(name, args.seconds))
+        load.close()
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+    api_rate, bare_rate = statistics.median(rates["api"]), statistics.median(rates["bare"])
+    # Each round's own ratio: a drift in the machine's load between rounds
+    # (other work on it) moves both of a round's figures alike.
+    ratio = statistics.median(sum(rates["api"][i:i + 2]) / sum(rates["bare"][i:i + 2])
+                              for i in range(0, len(rates["api"]), 2))
+    print(f"GET /jobs/<id>, waitress with {threads} threads, {args.clients} keep-alive "
+          f"clients, A-B-B-A x {args.rounds} turns of {args.seconds:g} s")
+    for name, rate in (("api", api_rate), ("bare", bare_rate)):
+        print(f"  {name:5} {rate:6.0f} requests/s (median; turns from {min(rates[name]):.0f} "
+              f"to {max(rates[name]):.0f})")
+    print(f"  ratio {ratio:.2f} api/bare, the median of the rounds' (target >= 0.80)")
+    return 0
+
+
+def profile(args) -> int:
+    """cProfile of GET /jobs/<id> through the app's WSGI callable (no sockets)."""
+    import cProfile
+    import io
+    import logging
+    import pstats
+    import wsgiref.util
+
+    from core.backends import open_backends
+    from core.presets import options_to_run
+    from feeder.api import make_app
+
+    root = Path(tempfile.mkdtemp(prefix="nommer-bench-api-"))
+    logging.basicConfig(level=logging.INFO, stream=io.StringIO(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = Settings(data_dir=str(root / "var"))
+        backends = open_backends(settings, interactive=True)
+        app = make_app(backends, settings)
+        sent = submission(settings.data_path / "media")
+        job = backends.jobs.submit(sent["source_path"], sent["dest_path"],
+                                   options_to_run(sent["job_options"]), sent["notify_url"],
+                                   sent_options=sent["job_options"])
+
+        def one():
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/jobs/{job.id}",
+                       "REMOTE_ADDR": "127.0.0.1"}
+            wsgiref.util.setup_testing_defaults(environ)
+            b"".join(app(environ, lambda *start: None))
+
+        for _ in range(200):
+            one()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        started = time.perf_counter()
+        for _ in range(args.requests):
+            one()
+        elapsed = time.perf_counter() - started
+        profiler.disable()
+        backends.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{args.requests} requests, {elapsed / args.requests * 1e6:.0f} us each "
+          "under the profiler")
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.5, help="of each turn")
+    parser.add_argument("--rounds", type=int, default=12, help="A-B-B-A rounds")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="waitress threads (default: the api_threads setting's default)")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--requests", type=int, default=5000, help="with --profile")
+    parser.add_argument("--serve-bare", nargs=3, metavar=("PORT", "THREADS", "BODY"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        port, threads, body_file = args.serve_bare
+        serve_bare(int(port), int(threads), body_file)
+        return 0
+    if args.profile:
+        return profile(args)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
