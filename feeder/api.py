@@ -55,6 +55,8 @@ log = logging.getLogger("feeder.api")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_CURSOR_CHARS = 1024
+# Answers of GET /jobs/<id> kept for jobs read again unchanged.
+KEPT_ANSWERS = 1024
 
 SUBMIT_FIELDS = ("source_path", "dest_path", "notify_url", "job_options")
 
@@ -110,7 +112,10 @@ def _failure(error: ApiError) -> bottle.HTTPResponse:
 
 
 def job_view(job: Job) -> dict:
-    """What a client sees of a job: URIs redacted, internals (lease, version) left out."""
+    """What a client sees of a job: URIs redacted, internals (lease, version) left out.
+
+    Made from the job's stored fields alone: GET /jobs/<id> keeps answers
+    while nothing is committed to the store (see _Routes.get_job)."""
     return {
         "id": job.id,
         "state": JobState(job.state).value,
@@ -233,6 +238,12 @@ class _Routes:
     def __init__(self, backends: Backends, settings: Settings):
         self.backends = backends
         self.settings = settings
+        # job id -> (the store's commit mark read before the job, its answer).
+        # Clients poll jobs, which mostly have not changed: while the mark
+        # holds, nothing was committed, so the answer is still the job as
+        # stored. Reading and rendering it again costs several times more,
+        # most of it in sqlite3 calls handing the GIL to the other threads.
+        self._answers: dict[str, tuple[object, str]] = {}
 
     def submit(self):
         body = read_json_body(bottle.request, self.settings.max_request_bytes)
@@ -260,7 +271,18 @@ class _Routes:
         return _ok(job_id=job.id)
 
     def get_job(self, job_id: str):
-        return _ok(job=job_view(self.backends.store.get_job(_checked_id(job_id))))
+        store = self.backends.store
+        mark = store.commit_mark()
+        kept = self._answers.get(job_id)
+        if mark is not None and kept is not None and kept[0] == mark:
+            bottle.response.content_type = "application/json"
+            return kept[1]
+        answer = _ok(job=job_view(store.get_job(_checked_id(job_id))))
+        if mark is not None:
+            if len(self._answers) >= KEPT_ANSWERS:
+                self._answers.clear()
+            self._answers[job_id] = (mark, answer)
+        return answer
 
     def list_jobs(self):
         query = bottle.request.query

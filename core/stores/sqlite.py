@@ -63,8 +63,6 @@ _JOB_COLUMNS = ("id", "source", "destination", "options", "notify_url", "state",
                 "updated_at", "lease_expires_at", "version", "sent_options",
                 "announce_version")
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
-# How many jobs' rows get_job keeps at most (a few hundred bytes each).
-_RECENT_JOBS = 1024
 
 
 def _job_params(job: Job, version: int) -> dict:
@@ -108,8 +106,6 @@ class SQLiteJobStore(JobStore):
 
     def __init__(self, path: str):
         self._db = SQLiteDatabase(path, _SCHEMA)
-        # job id -> (commit mark read before the row, row); see get_job.
-        self._recent: dict[str, tuple[bytes, tuple]] = {}
         with translate_errors(f"migrating {path}"):
             self._migrate()
 
@@ -144,27 +140,22 @@ class SQLiteJobStore(JobStore):
         return self.get_job(job.id)
 
     def get_job(self, job_id: str) -> Job:
-        """The stored job, as last committed by anyone. Raises NotFound."""
+        """The stored job. Raises NotFound."""
         with translate_errors("get job"):
-            # A row read after mark M is still the committed state while the
-            # mark is M: nothing was committed since. Clients poll jobs, and
-            # a query costs far more than its SQLite work: each sqlite3 call
-            # hands the GIL to the API's other threads and waits to get it back.
-            conn = self._db.connection()
-            # Inside this thread's own transaction a read sees that
-            # transaction's writes, committed or not: nothing kept is used.
-            mark = None if conn.in_transaction else self._db.commit_mark()
-            kept = self._recent.get(job_id)
-            if mark is not None and kept is not None and kept[0] == mark:
-                return _job_from_row(kept[1])
-            row = conn.execute(f"{_SELECT_JOB} WHERE id = ?", (job_id,)).fetchone()
+            row = self._db.connection().execute(f"{_SELECT_JOB} WHERE id = ?",
+                                                (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id} not found")
-        if mark is not None:
-            if len(self._recent) >= _RECENT_JOBS:
-                self._recent.clear()
-            self._recent[job_id] = (mark, row)
         return _job_from_row(row)
+
+    def commit_mark(self) -> bytes | None:
+        """SQLite's mark of the last commit, from any process (see
+        SQLiteDatabase.commit_mark): costs no query. None inside a
+        transaction of this thread, whose reads see its own writes."""
+        with translate_errors("read the commit mark"):
+            if self._db.connection().in_transaction:
+                return None
+            return self._db.commit_mark()
 
     def update_job(self, job: Job, expected_version: int) -> Job:
         """Write every field of `job` if the stored version is `expected_version`.

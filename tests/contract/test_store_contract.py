@@ -187,15 +187,6 @@ def test_a_read_sees_writes_through_another_handle_and_another_thread(store, bac
         other.close()
 
 
-def test_a_job_read_and_changed_by_its_reader_is_not_changed_in_the_store(store):
-    store.create_job(_job("job-1"))
-    read = store.get_job("job-1")
-    read.options["preset"] = "changed by the caller"
-    read.progress = 99
-    again = store.get_job("job-1")
-    assert (again.options, again.progress) == ({"preset": "web"}, 0)
-
-
 def _create_spread(store, count: int) -> list[Job]:
     """`count` jobs a minute apart, the last two created at the same instant."""
     jobs = [_job(f"job-{n:02d}", created_at=_T0 + timedelta(minutes=n)) for n in range(count)]

@@ -1,6 +1,6 @@
-"""The SQLite commit mark, which lets the job store keep rows it has read:
-it must move with every commit, from any connection or process, and a
-forked child must see its parent's later writes."""
+"""The SQLite commit mark, which lets the API keep the answers it has made:
+it must move with every commit, from any connection or process, a forked
+child included, and never be given inside the reader's own transaction."""
 from __future__ import annotations
 
 import dataclasses
@@ -51,29 +51,36 @@ def test_an_uncommitted_or_rolled_back_write_leaves_the_mark(tmp_path):
         other.close()
 
 
-def _child_reads(store: SQLiteJobStore, pipe) -> None:
-    pipe.send(store.get_job("job-1").progress)
+def _child_marks(store: SQLiteJobStore, pipe) -> None:
+    pipe.send(store.commit_mark())
     pipe.recv()  # the parent has written
-    pipe.send(store.get_job("job-1").progress)
+    pipe.send(store.commit_mark())
 
 
-def test_a_forked_child_reads_its_parents_later_writes(tmp_path):
+def _store_with_a_job(tmp_path) -> tuple[SQLiteJobStore, Job]:
     now = datetime.now(timezone.utc)
     store = SQLiteJobStore(str(tmp_path / "db.sqlite3"))
-    job = store.create_job(Job(id="job-1", source="file:///in.mov", destination="file:///o.mp4",
-                               options={}, state=JobState.PENDING, created_at=now,
-                               updated_at=now))
-    store.get_job("job-1")  # kept, with the parent's mark, before the fork
+    return store, store.create_job(Job(id="job-1", source="file:///in.mov",
+                                       destination="file:///o.mp4", options={},
+                                       state=JobState.PENDING, created_at=now, updated_at=now))
+
+
+def test_a_forked_child_sees_the_mark_move_with_its_parents_writes(tmp_path):
+    store, job = _store_with_a_job(tmp_path)
+    parents_mark = store.commit_mark()  # the parent's view of it, before the fork
     context = multiprocessing.get_context("fork")
     parent_end, child_end = context.Pipe()
-    child = context.Process(target=_child_reads, args=(store, child_end))
+    child = context.Process(target=_child_marks, args=(store, child_end))
     child.start()
     try:
-        assert parent_end.poll(60) and parent_end.recv() == 0
+        assert parent_end.poll(60)
+        before = parent_end.recv()
+        assert before == parents_mark is not None
         store.update_job(dataclasses.replace(job, progress=40), job.version)
         parent_end.send("written")
-        assert parent_end.poll(60) and parent_end.recv() == 40
-        assert store.get_job("job-1").progress == 40
+        assert parent_end.poll(60)
+        after = parent_end.recv()
+        assert after == store.commit_mark() and after not in (None, before)
     finally:
         child.join(timeout=60)
         if child.is_alive():
@@ -81,18 +88,15 @@ def test_a_forked_child_reads_its_parents_later_writes(tmp_path):
         store.close()
 
 
-def test_a_read_inside_a_transaction_rolled_back_is_not_kept(tmp_path):
-    now = datetime.now(timezone.utc)
-    store = SQLiteJobStore(str(tmp_path / "db.sqlite3"))
+def test_there_is_no_mark_inside_a_transaction_of_the_reading_thread(tmp_path):
+    store, _ = _store_with_a_job(tmp_path)
     try:
-        job = store.create_job(Job(id="job-1", source="file:///in.mov",
-                                   destination="file:///o.mp4", options={},
-                                   state=JobState.PENDING, created_at=now, updated_at=now))
         conn = store._db.connection()
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("UPDATE jobs SET progress = 50 WHERE id = 'job-1'")
-        assert store.get_job("job-1").progress == 50  # its own write, uncommitted
+        # Its reads see its own uncommitted write: nothing read may be kept.
+        assert store.commit_mark() is None
         conn.rollback()
-        assert store.get_job("job-1").progress == job.progress == 0
+        assert store.commit_mark() is not None
     finally:
         store.close()
