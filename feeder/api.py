@@ -42,6 +42,7 @@ from core.backends import Backends, open_backends
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound, ValidationError)
 from core.jobs import Job, JobState
+from core.log_batching import log_to_stderr_in_batches
 from core.options import check_output_caps
 from core.reach import listen_refusal
 from core.presets import listing as preset_listing, options_to_run
@@ -448,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nommer-api", description="media-nommer's JSON API")
     parser.add_argument("--config", help="nomconf.toml (default: $NOMMER_CONFIG)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # A line per request: written in batches, not one write each (core.log_batching).
+    log_to_stderr_in_batches(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = load(args.config)
     except NommerError as exc:
