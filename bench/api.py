@@ -124,6 +124,12 @@ class Load:
                 worker.terminate()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time process `pid` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_up(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -170,11 +176,17 @@ def run(args) -> int:
         wait_up(bare_url, bare, root / "bare.log")
 
         rates: dict[str, list[float]] = {"api": [], "bare": []}
+        cpu_s = {"api": 0.0, "bare": 0.0}
+        served = {"api": 0.0, "bare": 0.0}
+        pids = {"api": api.pid, "bare": bare.pid}
         load = Load({"api": api_url, "bare": bare_url}, args.clients)
         # A-B-B-A in short turns: each server runs as often early as late,
         # so a drift in the machine's load weighs on both alike.
         for name in ("bare", "api", "api", "bare") * args.rounds:
+            before = cpu_seconds(pids[name])
             rates[name].append(load.rate(name, args.seconds))
+            cpu_s[name] += cpu_seconds(pids[name]) - before
+            served[name] += rates[name][-1] * args.seconds
         load.close()
     finally:
         for process in processes:
@@ -195,7 +207,8 @@ def run(args) -> int:
           f"clients, A-B-B-A x {args.rounds} turns of {args.seconds:g} s")
     for name, rate in (("api", api_rate), ("bare", bare_rate)):
         print(f"  {name:5} {rate:6.0f} requests/s (median; turns from {min(rates[name]):.0f} "
-              f"to {max(rates[name]):.0f})")
+              f"to {max(rates[name]):.0f}), server CPU {cpu_s[name] / served[name] * 1e6:.0f} "
+              "us per request")
     print(f"  ratio {ratio:.2f} api/bare, the median of the rounds' (target >= 0.80)")
     return 0
 
@@ -203,7 +216,6 @@ def run(args) -> int:
 def profile(args) -> int:
     """cProfile of GET /jobs/<id> through the app's WSGI callable (no sockets)."""
     import cProfile
-    import io
     import logging
     import pstats
     import wsgiref.util
@@ -212,9 +224,12 @@ def profile(args) -> int:
     from core.presets import options_to_run
     from feeder.api import make_app
 
+    from core.log_batching import log_to_stderr_in_batches
+
     root = Path(tempfile.mkdtemp(prefix="nommer-bench-api-"))
-    logging.basicConfig(level=logging.INFO, stream=io.StringIO(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # As the API logs, into a buffer flushed now and then: here to /dev/null.
+    sys.stderr = open(os.devnull, "w")
+    log_to_stderr_in_batches(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = Settings(data_dir=str(root / "var"))
         backends = open_backends(settings, interactive=True)
@@ -244,7 +259,7 @@ def profile(args) -> int:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{args.requests} requests, {elapsed / args.requests * 1e6:.0f} us each "
           "under the profiler")
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(40)
     return 0
 
 
