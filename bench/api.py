@@ -10,14 +10,18 @@ The load comes from client processes (so they never hold a server's GIL),
 each keeping one keep-alive connection (urllib3) busy. Each server is loaded
 in turn, A-B-B-A, repeated; the figures are the medians.
 
-Prints both rates and their ratio (api / bare).
+Prints both rates and their ratio (api / bare), then the same while the job
+is being written (each write ends the answers the API keeps, so the reads
+that follow query the store).
 
 Usage: python bench/api.py [--seconds 0.5] [--rounds 12] [--clients 4] [--threads N]
+                           [--writes-per-s 20]
        python bench/api.py --profile   (cProfile of the API's request path, in-process)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,8 +41,6 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 from core.settings import Settings  # noqa: E402
-
-
 
 def submission(media: Path) -> dict:
     """A job as clients send one: files under the media folder, a notify URL, a preset."""
@@ -150,6 +153,72 @@ def start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
+class Writer:
+    """While on, rewrites the job's progress `per_s` times a second through
+    the store, as encoders do: each write ends what the API keeps."""
+
+    def __init__(self, data_dir: Path, job_id: str, per_s: float):
+        from core.backends import open_backends
+
+        self._backends = open_backends(Settings(data_dir=str(data_dir)))
+        self._job_id, self._interval_s = job_id, 1 / per_s
+        self._on = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def writing(self, on: bool) -> None:
+        (self._on.set if on else self._on.clear)()
+
+    def _run(self) -> None:
+        store = self._backends.store
+        while not self._stop.is_set():
+            if not self._on.wait(0.1):
+                continue
+            job = store.get_job(self._job_id)
+            store.update_job(dataclasses.replace(job, progress=(job.progress + 1) % 100),
+                             job.version)
+            time.sleep(self._interval_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._backends.close()
+
+
+def measure(load: Load, pids: dict[str, int], pairs: list[tuple[str, str]], rounds: int,
+            seconds: float, before_turn) -> dict[str, dict]:
+    """A-B-B-A rounds of each (api, bare) pair, in short turns: each server
+    runs as often early as late, so a drift in the machine's load (other
+    work on it) weighs on both alike. Per name: turn rates, CPU s, requests."""
+    figures = {name: {"rates": [], "cpu_s": 0.0, "requests": 0.0}
+               for pair in pairs for name in pair}
+    for api, bare in pairs:
+        for name in (bare, api, api, bare) * rounds:
+            before_turn(name)
+            server = name.split("+")[0]
+            cpu_before = cpu_seconds(pids[server])
+            rate = load.rate(server, seconds)
+            figures[name]["cpu_s"] += cpu_seconds(pids[server]) - cpu_before
+            figures[name]["requests"] += rate * seconds
+            figures[name]["rates"].append(rate)
+    return figures
+
+
+def report(figures: dict[str, dict], api: str, bare: str, target: str) -> None:
+    for name in (api, bare):
+        rates = figures[name]["rates"]
+        cpu_us = figures[name]["cpu_s"] / figures[name]["requests"] * 1e6
+        print(f"  {name:12} {statistics.median(rates):6.0f} requests/s (median; turns from "
+              f"{min(rates):.0f} to {max(rates):.0f}), server CPU {cpu_us:.0f} us per request")
+    # Each round's own ratio: a drift in the machine's load between rounds
+    # moves both of a round's figures alike.
+    api_rates, bare_rates = figures[api]["rates"], figures[bare]["rates"]
+    ratio = statistics.median(sum(api_rates[i:i + 2]) / sum(bare_rates[i:i + 2])
+                              for i in range(0, len(api_rates), 2))
+    print(f"  ratio {ratio:.2f} {api} / {bare}, the median of the rounds'{target}")
+
+
 def run(args) -> int:
     root = Path(tempfile.mkdtemp(prefix="nommer-bench-api-"))
     threads = args.threads or Settings().api_threads
@@ -157,38 +226,39 @@ def run(args) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOMMER_")}
     env.update(PYTHONPATH=str(PROJECT_DIR), NOMMER_DATA_DIR=str(root / "var"),
                NOMMER_API_PORT=str(api_port), NOMMER_API_THREADS=str(threads))
-    processes = []
+    processes, writer, load = [], None, None
     try:
         api = start([sys.executable, "-m", "feeder.api"], env, root / "api.log")
         processes.append(api)
         wait_up(f"http://127.0.0.1:{api_port}/health", api, root / "api.log")
         submitted = urllib3.request("POST", f"http://127.0.0.1:{api_port}/job/submit/",
-                                    body=json.dumps(submission(root / "var" / "media")).encode()).json()
+                                    json=submission(root / "var" / "media")).json()
         assert submitted.get("success"), submitted
         job_id = submitted["job_id"]
         api_url = f"http://127.0.0.1:{api_port}/jobs/{job_id}"
-        body = urllib3.request("GET", api_url).json()
-        (root / "body.json").write_text(json.dumps(body))
+        (root / "body.json").write_text(json.dumps(urllib3.request("GET", api_url).json()))
         bare = start([sys.executable, __file__, "--serve-bare", str(bare_port), str(threads),
                       str(root / "body.json")], env, root / "bare.log")
         processes.append(bare)
         bare_url = f"http://127.0.0.1:{bare_port}/jobs/{job_id}"
         wait_up(bare_url, bare, root / "bare.log")
 
-        rates: dict[str, list[float]] = {"api": [], "bare": []}
-        cpu_s = {"api": 0.0, "bare": 0.0}
-        served = {"api": 0.0, "bare": 0.0}
-        pids = {"api": api.pid, "bare": bare.pid}
         load = Load({"api": api_url, "bare": bare_url}, args.clients)
-        # A-B-B-A in short turns: each server runs as often early as late,
-        # so a drift in the machine's load weighs on both alike.
-        for name in ("bare", "api", "api", "bare") * args.rounds:
-            before = cpu_seconds(pids[name])
-            rates[name].append(load.rate(name, args.seconds))
-            cpu_s[name] += cpu_seconds(pids[name]) - before
-            served[name] += rates[name][-1] * args.seconds
-        load.close()
+        pairs = [("api", "bare")]
+        if args.writes_per_s:
+            writer = Writer(root / "var", job_id, args.writes_per_s)
+            pairs.append(("api+writes", "bare+writes"))
+
+        def before_turn(name: str) -> None:
+            if writer:
+                writer.writing(name == "api+writes")
+
+        figures = measure(load, {"api": api.pid, "bare": bare.pid}, pairs, args.rounds,
+                          args.seconds, before_turn)
     finally:
+        for closing in (load, writer):
+            if closing:
+                closing.close()
         for process in processes:
             process.terminate()
         for process in processes:
@@ -198,18 +268,13 @@ def run(args) -> int:
                 process.kill()
         shutil.rmtree(root, ignore_errors=True)
 
-    api_rate, bare_rate = statistics.median(rates["api"]), statistics.median(rates["bare"])
-    # Each round's own ratio: a drift in the machine's load between rounds
-    # (other work on it) moves both of a round's figures alike.
-    ratio = statistics.median(sum(rates["api"][i:i + 2]) / sum(rates["bare"][i:i + 2])
-                              for i in range(0, len(rates["api"]), 2))
     print(f"GET /jobs/<id>, waitress with {threads} threads, {args.clients} keep-alive "
           f"clients, A-B-B-A x {args.rounds} turns of {args.seconds:g} s")
-    for name, rate in (("api", api_rate), ("bare", bare_rate)):
-        print(f"  {name:5} {rate:6.0f} requests/s (median; turns from {min(rates[name]):.0f} "
-              f"to {max(rates[name]):.0f}), server CPU {cpu_s[name] / served[name] * 1e6:.0f} "
-              "us per request")
-    print(f"  ratio {ratio:.2f} api/bare, the median of the rounds' (target >= 0.80)")
+    report(figures, "api", "bare", " (target >= 0.80)")
+    if args.writes_per_s:
+        print(f"the same while the job is written {args.writes_per_s:g} times a second "
+              "(each write ends what the API keeps):")
+        report(figures, "api+writes", "bare+writes", "")
     return 0
 
 
@@ -268,6 +333,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.5, help="of each turn")
     parser.add_argument("--rounds", type=int, default=12, help="A-B-B-A rounds")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--writes-per-s", type=float, default=20,
+                        help="job writes a second in the second measure (0: skip it)")
     parser.add_argument("--threads", type=int, default=0,
                         help="waitress threads (default: the api_threads setting's default)")
     parser.add_argument("--profile", action="store_true")
