@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench bench-aws install clean
+.PHONY: run test test-fast bench bench-api bench-aws install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/embedded.py
 	$(VENV)/bin/python bench/renditions.py
+	$(VENV)/bin/python bench/api.py
+
+# GET /jobs/<id> of the real API against a bare Bottle app, same server and threads.
+bench-api: $(STAMP)
+	$(VENV)/bin/python bench/api.py
 
 bench-aws: $(STAMP)
 	$(VENV)/bin/python bench/aws.py

@@ -50,6 +50,13 @@ class JobStore(abc.ABC):
     def get_job(self, job_id: str) -> Job:
         """Return the job with a consistent read. Raises NotFound."""
 
+    def commit_mark(self) -> object | None:
+        """A value that changes whenever anything is committed to the store,
+        by any process: while it stays equal, a job read after it is still
+        as stored. None when the store cannot tell (then nothing read may be
+        kept). Cheap: no round trip to the store."""
+        return None
+
     @abc.abstractmethod
     def update_job(self, job: Job, expected_version: int) -> Job:
         """Write `job` if the stored version is still `expected_version`.

@@ -10,14 +10,18 @@ each open it at once, so:
   threads at the same time, and a per-thread connection needs no lock.
 - Connections are never carried across fork(): SQLite forbids it, so a
   child process that inherited the object opens its own.
+- `commit_mark` tells, without a query, whether anything was committed
+  since an earlier mark: readers may keep what they read while it holds.
 
 sqlite3 errors stop here: `translate_errors` turns them into BackendError.
 """
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -27,6 +31,14 @@ from core.errors import BackendError
 
 # How long a writer waits for another process's write lock before failing.
 BUSY_TIMEOUT_S = 10.0
+
+# The WAL-index header (sqlite.org/walformat.html, "The WAL-Index Header"):
+# two copies of 48 bytes at the start of the "-shm" file, shared by every
+# process using the database. A commit rewrites them (the second copy, then
+# the first) before it returns, and readers take their snapshot from them,
+# so unchanged copies mean no transaction committed in between.
+_WAL_INDEX_HEADER_BYTES = 48
+_WAL_INDEX_VERSION = 3007000
 
 
 @contextlib.contextmanager
@@ -64,6 +76,7 @@ class SQLiteDatabase:
         self._inherited: list = []
         self._pid = os.getpid()
         self._closed = False
+        self._wal_index: _WalIndexView | _NoWalIndex | None = None
         with translate_errors(f"opening {path}"):
             self._create_schema(self.connection())
 
@@ -80,6 +93,22 @@ class SQLiteDatabase:
             with self._lock:
                 self._all.add(conn)
         return conn
+
+    def commit_mark(self) -> bytes | None:
+        """A value that changes whenever any connection, in any process,
+        commits to the database: equal marks mean nothing was committed in
+        between. None while a commit is being published or when the mark
+        cannot be read; None never equals a mark. Costs no query and never
+        releases the GIL, unlike any sqlite3 call.
+
+        Raises BackendError if closed.
+        """
+        if self._closed:
+            raise BackendError(f"{self.path}: database closed")
+        view = self._wal_index
+        if view is None or view.pid != os.getpid():
+            view = self._open_wal_index()
+        return view.mark()
 
     @contextlib.contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
@@ -104,8 +133,11 @@ class SQLiteDatabase:
         with self._lock:
             self._closed = True
             conns, self._all = list(self._all), weakref.WeakSet()
+            view, self._wal_index = self._wal_index, None
         if os.getpid() != self._pid:
             return  # inherited from the parent: theirs to close
+        if view is not None and view.pid == self._pid:
+            view.close()
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -136,6 +168,19 @@ class SQLiteDatabase:
                 raise sqlite3.OperationalError(f"cannot use WAL journal (got {mode})")
             return
 
+    def _open_wal_index(self) -> _WalIndexView | _NoWalIndex:
+        with self._lock:
+            view = self._wal_index
+            if view is not None and view.pid == os.getpid():
+                return view
+            if view is not None:
+                # Inherited across fork(): kept referenced but unused, like
+                # the parent's connections (see _forget_inherited).
+                self._inherited.append(view)
+            view = _WalIndexView.open(self.path, self._open) or _NoWalIndex()
+            self._wal_index = view
+            return view
+
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         with self.write_transaction():
             for statement in self._schema:
@@ -150,3 +195,69 @@ class SQLiteDatabase:
             self._all = weakref.WeakSet()
         self._local = threading.local()
         self._pid = os.getpid()
+
+
+class _WalIndexView:
+    """The WAL-index header of one database, mapped read-only.
+
+    It keeps a connection of its own open: while any connection of this
+    process has the database open, SQLite neither truncates nor removes the
+    "-shm" file, so the mapping stays valid and current.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, shm, view: mmap.mmap):
+        self.pid = os.getpid()
+        self._conn, self._shm, self._view = conn, shm, view
+
+    @classmethod
+    def open(cls, path: str, connect) -> _WalIndexView | None:
+        """The view of `path`'s header, or None if it cannot be read as documented."""
+        conn = connect()
+        try:
+            # A read opens the "-shm" file and, if needed, builds the index.
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            shm = open(f"{path}-shm", "rb")
+        except (OSError, sqlite3.Error):
+            conn.close()
+            return None
+        try:
+            view = mmap.mmap(shm.fileno(), 2 * _WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            shm.close()
+            conn.close()
+            return None
+        self = cls(conn, shm, view)
+        header = self.mark()
+        # iVersion, then isInit: a format this code does not know reads as "no mark".
+        if (header is None or int.from_bytes(header[0:4], sys.byteorder) != _WAL_INDEX_VERSION
+                or header[12] != 1):
+            self.close()
+            return None
+        return self
+
+    def mark(self) -> bytes | None:
+        # The first copy, then the second, as SQLite's readers do: a commit
+        # writes them in the other order, so copies that differ mean a
+        # commit is being published.
+        first = self._view[0:_WAL_INDEX_HEADER_BYTES]
+        second = self._view[_WAL_INDEX_HEADER_BYTES:2 * _WAL_INDEX_HEADER_BYTES]
+        return first if first == second else None
+
+    def close(self) -> None:
+        self._view.close()
+        self._shm.close()
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+class _NoWalIndex:
+    """Stands for a header that cannot be read: no marks, so nothing is kept."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+
+    def mark(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass

@@ -344,6 +344,8 @@ def redact(uri: str | None) -> str | None:
     if uri is None:
         return None
     text = str(uri)
+    if "@" not in text and "?" not in text:
+        return text  # neither userinfo nor a query: nothing to hide
     span = _userinfo_span(text)
     if span is not None:
         text = text[:span[0]] + REDACTED + text[span[1]:]

@@ -44,6 +44,7 @@ from core.backends import Backends, open_backends
 from core.errors import (BackendError, ConflictError, InvalidTransition, NommerError,
                          NotFound, ValidationError)
 from core.jobs import NOTIFY_FORMATS, Job, JobState
+from core.log_batching import log_to_stderr_in_batches
 from core.outputs import options_for_submit
 from core.reach import listen_refusal
 from core.presets import listing as preset_listing
@@ -57,6 +58,8 @@ log = logging.getLogger("feeder.api")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_CURSOR_CHARS = 1024
+# Answers of GET /jobs/<id> kept for jobs read again unchanged.
+KEPT_ANSWERS = 1024
 
 SUBMIT_FIELDS = ("source_path", "dest_path", "notify_url", "notify_format", "job_options",
                  "outputs")
@@ -100,8 +103,11 @@ def _json_response(status: int, payload: dict,
     return response
 
 
-def _ok(**payload) -> bottle.HTTPResponse:
-    return _json_response(200, {"success": True, **payload})
+def _ok(**payload) -> str:
+    # Through the request's own response rather than a new HTTPResponse,
+    # which Bottle would copy over it: the most frequent answers cost less.
+    bottle.response.content_type = "application/json"
+    return json.dumps({"success": True, **payload})
 
 
 def _failure(error: ApiError) -> bottle.HTTPResponse:
@@ -110,7 +116,10 @@ def _failure(error: ApiError) -> bottle.HTTPResponse:
 
 
 def job_view(job: Job) -> dict:
-    """What a client sees of a job: URIs redacted, internals (lease, version) left out."""
+    """What a client sees of a job: URIs redacted, internals (lease, version) left out.
+
+    Made from the job's stored fields alone: GET /jobs/<id> keeps answers
+    while nothing is committed to the store (see _Routes.get_job)."""
     return {
         "id": job.id,
         "state": JobState(job.state).value,
@@ -237,6 +246,12 @@ class _Routes:
     def __init__(self, backends: Backends, settings: Settings):
         self.backends = backends
         self.settings = settings
+        # job id -> (the store's commit mark read before the job, its answer).
+        # Clients poll jobs, which mostly have not changed: while the mark
+        # holds, nothing was committed, so the answer is still the job as
+        # stored. Reading and rendering it again costs several times more,
+        # most of it in sqlite3 calls handing the GIL to the other threads.
+        self._answers: dict[str, tuple[object, str]] = {}
 
     def submit(self):
         body = read_json_body(bottle.request, self.settings.max_request_bytes)
@@ -265,7 +280,18 @@ class _Routes:
         return _ok(job_id=job.id)
 
     def get_job(self, job_id: str):
-        return _ok(job=job_view(self.backends.store.get_job(_checked_id(job_id))))
+        store = self.backends.store
+        mark = store.commit_mark()
+        kept = self._answers.get(job_id)
+        if mark is not None and kept is not None and kept[0] == mark:
+            bottle.response.content_type = "application/json"
+            return kept[1]
+        answer = _ok(job=job_view(store.get_job(_checked_id(job_id))))
+        if mark is not None:
+            if len(self._answers) >= KEPT_ANSWERS:
+                self._answers.clear()
+            self._answers[job_id] = (mark, answer)
+        return answer
 
     def list_jobs(self):
         query = bottle.request.query
@@ -389,6 +415,8 @@ def _error_page(error: bottle.HTTPError) -> str:
 
 
 def _printable(text: str, limit: int = 200) -> str:
+    if len(text) <= limit and text.isprintable():
+        return text
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
@@ -450,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nommer-api", description="media-nommer's JSON API")
     parser.add_argument("--config", help="nomconf.toml (default: $NOMMER_CONFIG)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # A line per request: written in batches, not one write each (core.log_batching).
+    log_to_stderr_in_batches(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = load(args.config)
     except NommerError as exc:

@@ -166,6 +166,15 @@ class SQLiteJobStore(JobStore):
             raise NotFound(f"job {job_id} not found")
         return _job_from_row(row)
 
+    def commit_mark(self) -> bytes | None:
+        """SQLite's mark of the last commit, from any process (see
+        SQLiteDatabase.commit_mark): costs no query. None inside a
+        transaction of this thread, whose reads see its own writes."""
+        with translate_errors("read the commit mark"):
+            if self._db.connection().in_transaction:
+                return None
+            return self._db.commit_mark()
+
     def update_job(self, job: Job, expected_version: int) -> Job:
         """Write every field of `job` if the stored version is `expected_version`.
 

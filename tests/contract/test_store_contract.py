@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -164,6 +165,49 @@ def test_two_processes_racing_the_same_update_exactly_one_wins(store, backend, s
         stored = store.get_job(job_id)
         assert stored.version == 2
         assert job_id in won[stored.node]
+
+
+_WRITE_PROGRESS = """
+import dataclasses, json, sys
+from tests.conftest import open_backend
+store = open_backend(json.loads(sys.argv[1])).store()
+job = store.get_job(sys.argv[2])
+store.update_job(dataclasses.replace(job, progress=int(sys.argv[3])), job.version)
+store.close()
+"""
+
+
+def test_a_read_sees_what_another_process_wrote_since_the_last_read(store, backend,
+                                                                    spawn_python):
+    store.create_job(_job("job-1"))
+    for progress in (10, 20, 30):
+        assert store.get_job("job-1").progress == progress - 10
+        writer = spawn_python(_WRITE_PROGRESS, json.dumps(backend.recipe()), "job-1",
+                              str(progress))
+        _, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err
+        job = store.get_job("job-1")
+        assert (job.progress, job.version) == (progress, progress // 10 + 1)
+
+
+def test_a_read_sees_writes_through_another_handle_and_another_thread(store, backend):
+    store.create_job(_job("job-1"))
+    other = backend.store()
+    try:
+        for progress in range(1, 6):
+            before = store.get_job("job-1")
+            other.update_job(dataclasses.replace(before, progress=progress), before.version)
+            assert store.get_job("job-1").progress == progress
+        # Each thread of the SQLite store has its own connection.
+        before = store.get_job("job-1")
+        worker = threading.Thread(target=store.update_job,
+                                  args=(dataclasses.replace(before, state_details="moved"),
+                                        before.version))
+        worker.start()
+        worker.join(timeout=60)
+        assert store.get_job("job-1").state_details == "moved"
+    finally:
+        other.close()
 
 
 def _create_spread(store, count: int) -> list[Job]:
