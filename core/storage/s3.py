@@ -13,7 +13,6 @@ botocore's retries is BackendError, so the job's message comes back later.
 from __future__ import annotations
 
 import ipaddress
-import mimetypes
 import os
 import queue
 import re
@@ -27,6 +26,7 @@ from core.aws import aws_errors, error_code
 from core.errors import StorageError, ValidationError
 from core.interfaces import OutputFile, Storage
 from core.settings import Settings
+from core.storage.content_types import content_type_for
 from core.storage.output_files import stopped, upload_order
 
 SCHEME = "s3"
@@ -220,10 +220,8 @@ class S3Storage(Storage):
         bucket does not exist, access is denied or the local file cannot be
         read; BackendError if S3 fails."""
         bucket, key = self._parsed(uri, "destination")
-        extra = {}
-        content_type, _ = mimetypes.guess_type(key)
-        if content_type:
-            extra["ContentType"] = content_type
+        # The project's own table, not mimetypes: its answers depend on the machine.
+        extra = {"ContentType": content_type_for(key)}
         try:
             with open(local_path, "rb") as reader, aws_errors(f"writing destination {uri}"):
                 try:

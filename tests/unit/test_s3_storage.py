@@ -54,6 +54,16 @@ def test_upload_then_download_round_trips_the_bytes(storage, s3, bucket, tmp_pat
     assert "-" not in head["ETag"]  # one PUT below the multipart threshold
 
 
+@pytest.mark.parametrize("name, content_type", [
+    ("talk.webm", "video/webm"), ("talk.mkv", "video/x-matroska"),
+    ("poster.jpg", "image/jpeg"), ("talk.ts", "video/mp2t"), ("talk.unknown", "application/octet-stream")])
+def test_a_single_file_is_stored_with_the_content_type_players_expect(storage, s3, bucket,
+                                                                     tmp_path, name, content_type):
+    storage.upload(_file(tmp_path / "out", 1000), f"s3://{bucket}/{name}")
+
+    assert s3.head_object(Bucket=bucket, Key=name)["ContentType"] == content_type
+
+
 def test_file_above_the_threshold_is_uploaded_in_parts(s3, bucket, tmp_path):
     storage = S3Storage(s3, multipart_threshold_bytes=1 * MIB, multipart_chunk_bytes=5 * MIB)
     source = _file(tmp_path / "big.mkv", 6 * MIB + 123)
