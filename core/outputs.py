@@ -6,6 +6,10 @@ A submit names one output as the original did (`dest_path` and
     "outputs": [{"destination": "file:///.../a-720p.mp4", "job_options": {"preset": "mp4-720p"}},
                 {"destination": "s3://bucket/show/", "job_options": {"preset": "hls"}}]
 
+A preset may also be named beside the destination ("preset": "mp4-720p",
+in an output or beside dest_path), with job_options then holding only its
+overrides.
+
 Each output is checked exactly as a single one is (the allowlist, the frame
 caps, the destination), and a refusal names it ("outputs[1].destination:
 ..."). The original single-output form of a plain file is stored as it
@@ -22,7 +26,10 @@ An `hls` output (the preset `hls`, or "kind": "hls") writes an adaptive
 ladder under a destination prefix ending in '/': one H.264 rendition per
 rung (never above the source's height), one shared AAC audio rendition,
 segments of `segment_s` seconds (fMP4 by default, TS with
-"segment_type": "ts") and a master playlist.
+"segment_type": "ts") and a master playlist. A destination may name the
+master playlist instead (".../show/main.m3u8"): the ladder goes under its
+folder, the master playlist by that name. A sprite's destination may name
+its track (".../thumbs.vtt": sheets thumbs_000.jpg, ... beside it).
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ from core.presets import options_to_run
 from core.settings import Settings
 
 KINDS = ("file", "hls", "sprite")
-_OUTPUT_KEYS = ("destination", "job_options", "kind")
+_OUTPUT_KEYS = ("destination", "job_options", "kind", "preset")
 
 HLS_PRESET = "hls"
 SPRITE_PRESET = "sprite"
@@ -50,6 +57,10 @@ HLS_DEFAULTS = {"segment_s": DEFAULT_SEGMENT_S, "segment_type": "fmp4",
                 "audio_bitrate": "128k", "encoder_preset": "veryfast"}
 _HLS_KEYS = ("preset", "nommer", "ladder", *HLS_DEFAULTS)
 _BITRATE = re.compile(r"\d{1,6}[kKmM]?", re.ASCII)
+# What a destination may name inside its folder: the master playlist of an
+# hls output, the track of a sprite (its sheets are named after it).
+_NAMED_SUFFIX = {HLS_PRESET: ".m3u8", SPRITE_PRESET: ".vtt"}
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", re.ASCII)
 _ENCODER_PRESET = frozenset({"ultrafast", "superfast", "veryfast", "faster", "fast",
                              "medium", "slow", "slower", "veryslow"})
 # One-pass outputs share the source's input: of its input options only these
@@ -120,21 +131,58 @@ def options_for_submit(body: dict, settings: Settings) -> tuple[str, dict]:
     Raises ValidationError naming the field.
     """
     if body.get("outputs") is not None:
-        for key in ("dest_path", "job_options"):
+        for key in ("dest_path", "job_options", "preset"):
             if body.get(key) is not None:
-                raise ValidationError(f"{key}: give either dest_path and job_options, or "
-                                      "outputs, not both")
+                raise ValidationError(f"{key}: give either dest_path and job_options "
+                                      "(or preset), or outputs, not both")
         outputs = _checked_outputs(body["outputs"], settings)
-        return outputs[0]["destination"], {"nommer": FFMPEG_NOMMER, "outputs": outputs}
-    sent = body.get("job_options")
+        return requested_uri(outputs[0]), {"nommer": FFMPEG_NOMMER, "outputs": outputs}
+    sent = sent_options(body)
     if _prefix_kind(sent):
         output = _checked_output({"destination": body.get("dest_path"), "job_options": sent},
                                  settings, "dest_path", "job_options")
-        return output["destination"], {"nommer": FFMPEG_NOMMER, "outputs": [output]}
+        return requested_uri(output), {"nommer": FFMPEG_NOMMER, "outputs": [output]}
     destination = uris.check_destination(body.get("dest_path"), settings)
     options = options_to_run(sent)
     check_output_caps(options, settings.max_frame_pixels, settings.max_frame_rate)
     return destination, options
+
+
+def sent_options(body: dict) -> object:
+    """What a submit body asks of its outputs, as the job keeps it
+    (sent_options): its outputs, or its job_options with a preset named
+    beside them joined in."""
+    if body.get("outputs") is not None:
+        return {"outputs": body["outputs"]}
+    return _joined_preset(body, "preset", "job_options")
+
+
+def _joined_preset(output: dict, preset_field: str, options_field: str) -> object:
+    """The job_options of an output (or submit body) that may name its preset
+    beside them: {"preset": "mp4-720p", "job_options": {"video_bitrate": ...}}
+    reads as job_options {"preset": "mp4-720p", "video_bitrate": ...}."""
+    preset, job_options = output.get("preset"), output.get("job_options")
+    if preset is None:
+        return job_options
+    if not isinstance(preset, str) or not preset:
+        raise ValidationError(f"{preset_field} must be the name of a preset (GET /presets)")
+    if job_options is None:
+        return {"preset": preset}
+    if not isinstance(job_options, dict) or job_options.get("preset", preset) != preset:
+        raise ValidationError(f"{options_field}: beside {preset_field}, job_options holds "
+                              "only that preset's overrides, as an object")
+    return {**job_options, "preset": preset}
+
+
+def requested_uri(output: dict) -> str:
+    """The URI a checked output was asked for: its destination, or for an
+    output that names its master playlist or track, that file."""
+    spec = output.get(output["kind"]) or {}
+    if output["kind"] == HLS_PRESET and spec.get("master"):
+        return output["destination"] + spec["master"]
+    if output["kind"] == SPRITE_PRESET and spec.get("name"):
+        return output["destination"] + spec["name"] + _NAMED_SUFFIX[SPRITE_PRESET]
+    return output["destination"]
 
 
 def _checked_outputs(outputs: object, settings: Settings) -> list[dict]:
@@ -154,11 +202,13 @@ def _checked_outputs(outputs: object, settings: Settings) -> list[dict]:
         if unknown:
             raise ValidationError(f"{where}: unknown key {str(unknown[0])[:40]!r}; known: "
                                   f"{', '.join(_OUTPUT_KEYS)}")
-        one = _checked_output(output, settings, f"{where}.destination", f"{where}.job_options")
+        one = _checked_output({**output, "job_options": _joined_preset(
+                                   output, f"{where}.preset", f"{where}.job_options")},
+                              settings, f"{where}.destination", f"{where}.job_options")
         if one["kind"] == "file" and len(one["options"]) == 1:
             _check_shared_input(one["options"][0], f"{where}.job_options.options[0]")
         checked.append(one)
-    _check_apart([one["destination"] for one in checked])
+    _check_apart(checked)
     return checked
 
 
@@ -175,16 +225,38 @@ def _checked_output(output: dict, settings: Settings, dest_field: str,
         if sent is not None and _prefix_kind(sent) != kind:
             raise ValidationError(f"{options_field}: this {kind} output takes the preset "
                                   f"{kind!r} and its overrides")
-        destination = uris.check_destination_prefix(output.get("destination"), settings,
-                                                     dest_field, kind)
+        prefix, name = _prefix_and_name(output.get("destination"), kind, dest_field)
+        destination = uris.check_destination_prefix(prefix, settings, dest_field, kind)
         spec = (hls_spec if kind == HLS_PRESET else sprite_spec)(sent or {}, settings,
                                                                 options_field)
+        if name is not None:
+            suffix = _NAMED_SUFFIX[kind]
+            spec.update({"master": name} if kind == HLS_PRESET
+                        else {"name": name[:-len(suffix)]})
         return {"destination": destination, "kind": kind, kind: spec}
     destination = uris.check_destination(output.get("destination"), settings, dest_field)
     options = options_to_run(sent, options_field)
     check_output_caps(options, settings.max_frame_pixels, settings.max_frame_rate,
                       options_field)
     return {"destination": destination, "kind": kind, "options": options["options"]}
+
+
+def _prefix_and_name(destination: object, kind: str, field: str) -> tuple[object, str | None]:
+    """(folder or prefix, file name) of a destination naming the master
+    playlist or track of a `kind` output (".../show/main.m3u8"); the
+    destination itself and None when it names a folder or prefix."""
+    if not isinstance(destination, str) or destination.endswith("/") \
+            or "?" in destination or "#" in destination:
+        return destination, None
+    head, slash, name = destination.rpartition("/")
+    suffix = _NAMED_SUFFIX[kind]
+    if not slash or not name.lower().endswith(suffix) or head.endswith("/"):
+        return destination, None
+    if not _FILE_NAME.fullmatch(name) or len(name) == len(suffix):
+        raise ValidationError(f"{field}: the {kind} output's {suffix} file name may hold only "
+                              "letters, digits, '.', '_' and '-', starting with a letter or "
+                              "digit")
+    return head + "/", name
 
 
 def _check_shared_input(encoding_pass: dict, where: str) -> None:
@@ -195,14 +267,45 @@ def _check_shared_input(encoding_pass: dict, where: str) -> None:
                 f"several (they share one input); only {', '.join(PER_OUTPUT_INPUT_OPTIONS)} can")
 
 
-def _check_apart(destinations: list[str]) -> None:
-    for index, destination in enumerate(destinations):
-        for other, earlier in enumerate(destinations[:index]):
-            if destination == earlier or (earlier.endswith("/")
-                                          and destination.startswith(earlier)) \
-                    or (destination.endswith("/") and earlier.startswith(destination)):
+def _check_apart(outputs: list[dict]) -> None:
+    claims = [_claims(output) for output in outputs]
+    for index, mine in enumerate(claims):
+        for other, theirs in enumerate(claims[:index]):
+            if any(_overlap(a, b) for a in mine for b in theirs):
                 raise ValidationError(f"outputs[{index}].destination: overlaps "
                                       f"outputs[{other}].destination")
+
+
+def _claims(output: dict) -> list[tuple[str, str]]:
+    """The URIs an output writes, as (uri, how): "file" the URI itself,
+    "prefix" every URI starting with it, "folders" every URI in a folder
+    under it. An output that names its master playlist or track leaves the
+    rest of its folder's files to others: a poster beside a ladder is fine."""
+    destination, kind = output["destination"], output["kind"]
+    spec = output.get(kind) or {}
+    if kind == HLS_PRESET and spec.get("master"):
+        # The renditions' folders are named by their heights, which the
+        # source decides; so the ladder claims every folder under its own.
+        return [(destination + spec["master"], "file"), (destination, "folders")]
+    if kind == SPRITE_PRESET and spec.get("name"):
+        base = destination + spec["name"]
+        return [(base + ".vtt", "file"), (base + ".jpg", "file"), (base + "_", "prefix")]
+    return [(destination, "prefix" if destination.endswith("/") else "file")]
+
+
+def _overlap(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    (a_uri, a_how), (b_uri, b_how) = sorted([a, b], key=lambda claim: claim[1])
+    # After sorting, a_how <= b_how in "file" < "folders" < "prefix".
+    if a_how == "file":
+        if b_how == "file":
+            return a_uri == b_uri
+        if b_how == "prefix":
+            return a_uri.startswith(b_uri)
+        return a_uri.startswith(b_uri) and "/" in a_uri[len(b_uri):]
+    if a_how == "folders" and b_how == "prefix":
+        return a_uri.startswith(b_uri) or (b_uri.startswith(a_uri)
+                                           and "/" in b_uri[len(a_uri):])
+    return a_uri.startswith(b_uri) or b_uri.startswith(a_uri)
 
 
 def sprite_spec(request: dict, settings: Settings, field: str) -> dict:

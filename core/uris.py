@@ -220,8 +220,9 @@ def check_destination(uri: object, settings: Settings, field: str = "dest_path")
     suffix = os.path.splitext(urllib.parse.urlsplit(checked).path)[1].lower()
     if suffix in MULTI_FILE_SUFFIXES:
         raise ValidationError(f"{field}: a {suffix} destination is written as several files "
-                              "(a playlist and its segments); for HLS give the hls preset a "
-                              "prefix ending in '/' (file:///.../dir/ or s3://bucket/prefix/); "
+                              "(a playlist and its segments); for HLS give this destination the "
+                              "hls preset, or the preset a prefix ending in '/' "
+                              "(file:///.../dir/ or s3://bucket/prefix/); "
                               "other playlists and manifests (DASH .mpd, ...) are not supported")
     return checked
 

@@ -45,7 +45,7 @@ from core.errors import (BackendError, ConflictError, InvalidTransition, NommerE
                          NotFound, ValidationError)
 from core.jobs import NOTIFY_FORMATS, Job, JobState
 from core.log_batching import log_to_stderr_in_batches
-from core.outputs import options_for_submit
+from core.outputs import options_for_submit, sent_options
 from core.reach import listen_refusal
 from core.presets import listing as preset_listing
 from core.settings import Settings, load
@@ -62,7 +62,7 @@ MAX_CURSOR_CHARS = 1024
 KEPT_ANSWERS = 1024
 
 SUBMIT_FIELDS = ("source_path", "dest_path", "notify_url", "notify_format", "job_options",
-                 "outputs")
+                 "preset", "outputs")
 
 # Bodies are parsed as JSON whatever these say: the original's client library
 # (urllib2 with a JSON string as data) sends application/x-www-form-urlencoded.
@@ -270,9 +270,9 @@ class _Routes:
             notify_url = uris.check_notify_url(notify_url, self.settings)
         else:
             notify_url = None
-        # What the client sent: its job_options, or its outputs.
-        sent = body.get("job_options") if body.get("outputs") is None \
-            else {"outputs": body["outputs"]}
+        # What the client sent: its job_options (with a preset named beside
+        # them), or its outputs.
+        sent = sent_options(body)
         notify_format = _notify_format(body.get("notify_format"), self.settings)
         job = self.backends.jobs.submit(source, destination, options, notify_url,
                                         sent_options=sent, notify_format=notify_format)

@@ -90,13 +90,15 @@ def _schemas() -> dict:
                                  "message": {"type": "string"}}},
         "SubmitRequest": {
             "type": "object", "required": ["source_path"],
-            "oneOf": [{"required": ["dest_path", "job_options"]}, {"required": ["outputs"]}],
+            "oneOf": [{"required": ["dest_path", "job_options"]},
+                      {"required": ["dest_path", "preset"]}, {"required": ["outputs"]}],
             "additionalProperties": False,
             "properties": {
                 "source_path": {"type": "string", "description": "file://, http(s):// or s3:// URI"},
                 "dest_path": {"type": "string", "description":
-                              "file:// or s3:// URI; a prefix ending in '/' for the hls and "
-                              "sprite presets"},
+                              "file:// or s3:// URI; for the hls and sprite presets a prefix "
+                              "ending in '/', or the master playlist (.m3u8) or track (.vtt) "
+                              "to write in its folder"},
                 "notify_url": {**text_or_null, "description": "receives each state change"},
                 "notify_format": {"type": "string", "enum": ["form", "json"], "default": "form",
                                   "description": "form: the original's form POST; json: the "
@@ -107,6 +109,9 @@ def _schemas() -> dict:
                                 "{preset: NAME, overrides...} (see GET /presets), or "
                                 "{preset: 'hls', ladder, segment_s, segment_type, "
                                 "audio_bitrate, encoder_preset}"},
+                "preset": {"type": "string", "description":
+                           "a preset's name (GET /presets); job_options then holds only its "
+                           "overrides"},
                 "outputs": {"type": "array", "minItems": 1, "items": _ref("OutputRequest"),
                             "description": "several outputs from one decode of the source "
                                            "(instead of dest_path and job_options); at most "
@@ -115,11 +120,15 @@ def _schemas() -> dict:
             "type": "object", "required": ["destination"], "additionalProperties": False,
             "properties": {
                 "destination": {"type": "string", "description":
-                                "file:// or s3:// URI; a prefix ending in '/' for hls, sprite"},
+                                "file:// or s3:// URI; for hls and sprite a prefix ending in "
+                                "'/', or the master playlist (.m3u8) or track (.vtt) to write "
+                                "in its folder"},
                 "kind": {"type": "string", "enum": ["file", "hls", "sprite"],
                          "default": "file"},
                 "job_options": {"type": "object",
-                                "description": "as the single-output job_options"}}},
+                                "description": "as the single-output job_options"},
+                "preset": {"type": "string", "description":
+                           "a preset's name; job_options then holds only its overrides"}}},
         "Output": {
             "type": "object", "description": "what one output of a FINISHED job is",
             "required": ["kind", "uri", "size_bytes"],

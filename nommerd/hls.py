@@ -81,11 +81,16 @@ def ladder_args(spec: dict, info: MediaInfo, out_dir: str, label: str) -> tuple[
              "-hls_flags", "independent_segments",
              "-hls_segment_type", "fmp4" if spec["segment_type"] == "fmp4" else "mpegts",
              "-hls_segment_filename", os.path.join(out_dir, "%v", "seg_%05d" + suffix),
-             "-master_pl_name", MASTER, "-var_stream_map", " ".join(streams)]
+             "-master_pl_name", master_name(spec), "-var_stream_map", " ".join(streams)]
     if spec["segment_type"] == "fmp4":
         args += ["-hls_fmp4_init_filename", "init.mp4"]
     args.append(os.path.join(out_dir, "%v", PLAYLIST))
     return graph, args
+
+
+def master_name(spec: dict) -> str:
+    """The master playlist's file name: the one the destination named, else MASTER."""
+    return spec.get("master") or MASTER
 
 
 def attributes(line: str) -> dict[str, str]:
@@ -93,12 +98,12 @@ def attributes(line: str) -> dict[str, str]:
     return {key: value.strip('"') for key, value in _ATTRIBUTE.findall(line.partition(":")[2])}
 
 
-def fix_master(out_dir: str, info: MediaInfo) -> list[dict]:
+def fix_master(out_dir: str, info: MediaInfo, master: str = MASTER) -> list[dict]:
     """Rewrite ffmpeg's master playlist: video variants only, each with a
     FRAME-RATE. Returns one dict per variant (uri, bandwidth,
     average_bandwidth, width, height, codecs, frame_rate). Raises MediaError
     when ffmpeg wrote no usable master playlist."""
-    path = os.path.join(out_dir, MASTER)
+    path = os.path.join(out_dir, master)
     try:
         with open(path, encoding="utf-8") as handle:
             lines = [line.rstrip("\n") for line in handle]
@@ -146,7 +151,8 @@ def media_playlist(path: str) -> tuple[list[str], float]:
     return segments, total_s
 
 
-def describe(out_dir: str, prefix_uri: str, variants: list[dict], has_audio: bool) -> dict:
+def describe(out_dir: str, prefix_uri: str, variants: list[dict], has_audio: bool,
+             master: str = MASTER) -> dict:
     """What the job record says of a finished ladder under `prefix_uri`."""
     segments, duration_s = 0, 0.0
     for name in sorted(os.listdir(out_dir)):
@@ -158,8 +164,8 @@ def describe(out_dir: str, prefix_uri: str, variants: list[dict], has_audio: boo
     size_bytes = sum(os.path.getsize(os.path.join(folder, name))
                      for folder, _dirs, names in os.walk(out_dir) for name in names)
     top = max(variants, key=lambda variant: variant["height"])
-    master = prefix_uri + MASTER
-    return {"kind": "hls", "uri": master, "master_playlist": master,
+    master_uri = prefix_uri + master
+    return {"kind": "hls", "uri": master_uri, "master_playlist": master_uri,
             "renditions": len(variants), "segments": segments, "size_bytes": size_bytes,
             "duration_s": round(duration_s, 3), "container": "hls", "video_codec": "h264",
             "audio_codec": "aac" if has_audio else None, "width": top["width"],

@@ -59,6 +59,16 @@ class Output:
         return os.path.join(self.local_dir, output_name(self.destination))
 
     @property
+    def master(self) -> str:
+        """An hls output's master playlist file name."""
+        return hls.master_name(self.hls or {})
+
+    @property
+    def sprite_base(self) -> str:
+        """What a sprite's track and sheets are named after."""
+        return (self.sprite or {}).get("name") or thumbnails.DEFAULT_BASE
+
+    @property
     def shared(self) -> bool:
         """Written by the one ffmpeg that all one-pass outputs share."""
         return self.kind != "file" or len(self.passes) == 1
@@ -103,7 +113,8 @@ def shared_argv(ffmpeg: str, outputs: list[Output], source_path: str, info: Medi
         elif output.kind == "sprite":
             output.geometry = _sprite_geometry(output, info, settings)
             graph, args = thumbnails.sprite_ffmpeg(output.geometry, "[0:v:0]",
-                                                   f"[o{output.index}sprite]", output.local_dir)
+                                                   f"[o{output.index}sprite]", output.local_dir,
+                                                   output.sprite_base)
             graphs.append(graph)
             per_output.append(args)
         else:
@@ -177,9 +188,9 @@ def encode(ffmpeg: str, runner: FFmpegRunner, outputs: list[Output], source_path
         done += weight
     for output in outputs:
         if output.kind == "hls":
-            output.variants = hls.fix_master(output.local_dir, info)
+            output.variants = hls.fix_master(output.local_dir, info, output.master)
         elif output.kind == "sprite":
-            thumbnails.write_sprite_vtt(output.geometry, output.local_dir)
+            thumbnails.write_sprite_vtt(output.geometry, output.local_dir, output.sprite_base)
 
 
 def _failed(stderr: str, members: list[Output]) -> str:
@@ -203,19 +214,19 @@ def upload_files(output: Output) -> list[OutputFile]:
     master playlist; a sprite's sheets, then its track."""
     if output.kind == "sprite":
         return thumbnails.sprite_outputs(output.geometry, output.local_dir,
-                                         output.destination)[0]
+                                         output.destination, output.sprite_base)[0]
     media, playlists = [], []
     for folder, _dirs, names in sorted(os.walk(output.local_dir)):
         for name in sorted(names):
             path = os.path.join(folder, name)
             key = os.path.relpath(path, output.local_dir).replace(os.sep, "/")
-            if key == hls.MASTER:
+            if key == output.master:
                 continue
             one = OutputFile(path, key, content_type_for(name), last=name.endswith(".m3u8"))
             (playlists if one.last else media).append(one)
-    master = os.path.join(output.local_dir, hls.MASTER)
-    return media + playlists + [OutputFile(master, hls.MASTER, content_type_for(hls.MASTER),
-                                           last=True)]
+    master = os.path.join(output.local_dir, output.master)
+    return media + playlists + [OutputFile(master, output.master,
+                                           content_type_for(output.master), last=True)]
 
 
 def describe_file(ffmpeg: str, path: str, uri: str, passes: list) -> dict:
@@ -249,11 +260,11 @@ def _container(path: str, passes: list) -> str:
 def describe(ffmpeg: str, output: Output, info: MediaInfo) -> dict:
     if output.kind == "sprite":
         described = thumbnails.sprite_outputs(output.geometry, output.local_dir,
-                                              output.destination)[1]
+                                              output.destination, output.sprite_base)[1]
         return {**described, "size_bytes": _folder_bytes(output.local_dir)}
     if output.kind == "hls":
         return hls.describe(output.local_dir, output.destination, output.variants,
-                            info.codec("audio") is not None)
+                            info.codec("audio") is not None, output.master)
     return describe_file(ffmpeg, output.local_path, output.destination, output.passes)
 
 

@@ -147,3 +147,25 @@ def test_an_output_refused_at_submit_is_named(system, clip):
              "job_options": {"preset": "mp4-360p"}}]})
     assert "outputs[1].destination" in str(refused.value)
     assert "hls preset" in str(refused.value)
+
+
+def test_a_show_folder_holds_a_named_ladder_beside_its_poster_and_thumbnails(system, clip):
+    show = system.media_dir / "out-show"
+    job_id = submit(system, {"source_path": f"file://{clip}", "outputs": [
+        {"destination": (show / "main.m3u8").as_uri(), "preset": "hls",
+         "job_options": {"ladder": [360], "segment_s": 2}},
+        {"destination": (show / "poster.jpg").as_uri(), "preset": "poster-jpeg"},
+        {"destination": (show / "thumbs.vtt").as_uri(), "preset": "sprite",
+         "job_options": {"interval_s": 4}},
+    ]})
+    job = ended(system, job_id)
+    assert job["state"] == "FINISHED", job["state_details"]
+    check_ladder(ffmpeg_path(system.settings), show, CLIP_S, [360], master_name="main.m3u8")
+    assert sorted(path.name for path in show.iterdir()) == \
+        ["360p", "audio", "main.m3u8", "poster.jpg", "thumbs.jpg", "thumbs.vtt"]
+    assert job["destination"] == (show / "main.m3u8").as_uri()
+    ladder, poster, sprite = job["outputs"]
+    assert ladder["uri"] == ladder["master_playlist"] == (show / "main.m3u8").as_uri()
+    assert poster["uri"] == (show / "poster.jpg").as_uri() and poster["video_codec"] == "mjpeg"
+    assert sprite["vtt"] == (show / "thumbs.vtt").as_uri() and sprite["tiles"] == 2
+    assert (show / "thumbs.vtt").read_text().count("thumbs.jpg#xywh=") == 2

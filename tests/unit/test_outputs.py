@@ -116,7 +116,7 @@ def test_each_output_is_checked_and_a_refusal_names_it(root, settings, output, w
 def test_outputs_and_the_single_output_fields_do_not_mix(root, settings):
     body = {"dest_path": (root / "a.mp4").as_uri(), "outputs": [
         {"destination": (root / "b.mp4").as_uri(), "job_options": {"preset": "mp4-360p"}}]}
-    assert "give either dest_path and job_options, or outputs" in refusal(body, settings)
+    assert "give either dest_path and job_options (or preset), or outputs" in refusal(body, settings)
 
 
 def test_more_outputs_than_the_setting_allows_are_refused(root, settings):
@@ -140,7 +140,94 @@ def test_the_single_output_form_takes_the_hls_preset_with_a_prefix(root, setting
     [only] = options["outputs"]
     assert [rung["height"] for rung in only["hls"]["ladder"]] == [360, 720, 1080]
     assert "dest_path: an hls output is written" in refusal(
-        {"dest_path": (root / "show.m3u8").as_uri(), "job_options": {"preset": "hls"}}, settings)
+        {"dest_path": (root / "show").as_uri(), "job_options": {"preset": "hls"}}, settings)
+
+
+def test_an_hls_destination_may_name_its_master_playlist(root, settings):
+    master = (root / "show" / "main.m3u8").as_uri()
+    destination, options = options_for_submit(
+        {"dest_path": master, "job_options": {"preset": "hls", "segment_s": 4}}, settings)
+    assert destination == master
+    [only] = options["outputs"]
+    assert only["destination"] == (root / "show").as_uri() + "/"
+    assert only["hls"]["master"] == "main.m3u8" and only["hls"]["segment_s"] == 4
+    # Without the hls preset a playlist is still refused: its segments would be lost.
+    assert "give this destination the hls preset" in refusal(
+        {"dest_path": master, "job_options": {"preset": "mp4-360p"}}, settings)
+
+
+def test_a_sprite_destination_may_name_its_track(root, settings):
+    track = (root / "show" / "thumbs.vtt").as_uri()
+    destination, options = options_for_submit(
+        {"dest_path": track, "job_options": {"preset": "sprite"}}, settings)
+    assert destination == track
+    assert options["outputs"][0]["sprite"] == {"interval_s": None, "name": "thumbs"}
+
+
+@pytest.mark.parametrize("name", ["%2e%2e.m3u8", ".hidden.m3u8", "a b.m3u8", ".m3u8"])
+def test_a_named_master_playlist_is_a_plain_file_name(root, settings, name):
+    assert "file name may hold only" in refusal(
+        {"dest_path": (root / "show").as_uri() + "/" + name, "job_options": {"preset": "hls"}},
+        settings)
+
+
+def test_named_outputs_share_a_folder_with_files_they_do_not_write(root, settings):
+    show = (root / "show").as_uri() + "/"
+    _destination, options = options_for_submit({"outputs": [
+        {"destination": show + "main.m3u8", "preset": "hls"},
+        {"destination": show + "poster.jpg", "preset": "poster-jpeg"},
+        {"destination": show + "thumbs.vtt", "preset": "sprite"},
+        {"destination": show + "download.mp4", "preset": "mp4-360p"},
+    ]}, settings)
+    assert [one["kind"] for one in options["outputs"]] == ["hls", "file", "sprite", "file"]
+
+
+@pytest.mark.parametrize("second", [
+    "main.m3u8",            # the same master playlist
+    "other.m3u8",           # another ladder: both would write 360p/, audio/
+    "360p/index.m3u8",      # inside the ladder's rendition folders
+    "thumbs_000.jpg",       # one of the sprite's sheets
+    "thumbs.jpg",           # the sprite's only sheet
+])
+def test_named_outputs_still_refuse_what_they_write(root, settings, second):
+    show = (root / "show").as_uri() + "/"
+    kind = {"m3u8": "hls", "jpg": "poster-jpeg"}[second.rsplit(".", 1)[1]]
+    body = {"outputs": [{"destination": show + "main.m3u8", "preset": "hls"},
+                        {"destination": show + "thumbs.vtt", "preset": "sprite"},
+                        {"destination": show + second, "preset": kind}]}
+    assert "outputs[2].destination: overlaps outputs[" in refusal(body, settings)
+
+
+def test_a_whole_folder_output_overlaps_a_named_one_inside_it(root, settings):
+    body = {"outputs": [{"destination": (root / "a" / "show" / "main.m3u8").as_uri(),
+                         "preset": "hls"},
+                        {"destination": (root / "a").as_uri() + "/", "preset": "sprite"}]}
+    assert "outputs[1].destination: overlaps outputs[0]" in refusal(body, settings)
+
+
+def test_a_preset_may_be_named_beside_its_overrides(root, settings):
+    dest = (root / "a.mp4").as_uri()
+    beside = options_for_submit({"dest_path": dest, "preset": "mp4-360p",
+                                 "job_options": {"width": 320}}, settings)
+    inside = options_for_submit({"dest_path": dest,
+                                 "job_options": {"preset": "mp4-360p", "width": 320}}, settings)
+    assert beside == inside
+    _destination, several = options_for_submit(
+        {"outputs": [{"destination": dest, "preset": "mp4-360p",
+                      "job_options": {"width": 320}}]}, settings)
+    assert several["outputs"][0]["options"] == inside[1]["options"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"preset": "mp4-360p", "job_options": {"preset": "mp4-720p"}},
+     "beside preset, job_options holds only that preset's overrides"),
+    ({"preset": "mp4-360p", "job_options": [{"outfile_options": []}]},
+     "beside preset, job_options holds only"),
+    ({"preset": 7}, "preset must be the name of a preset"),
+    ({"preset": "no-such"}, "no-such"),
+])
+def test_a_preset_named_beside_is_checked(root, settings, body, words):
+    assert words in refusal({"dest_path": (root / "a.mp4").as_uri(), **body}, settings)
 
 
 def test_a_sprite_output_is_stored_with_its_interval(root, settings):
