@@ -39,7 +39,9 @@ class MediaInfo:
     duration_s: seconds, or None when the container does not say.
     streams: (kind, codec) per stream in order, kind lower-case, e.g. ("video", "h264").
     bit_rate: the container's overall bits per second, when known.
-    width, height, frame_rate: of the first video stream, when there is one.
+    width, height, frame_rate: of the first video stream, when there is one
+        (width and height as stored; display_width and display_height as
+        a player shows them, after `rotation` and `sample_aspect_ratio`).
     """
 
     format_name: str
@@ -49,6 +51,25 @@ class MediaInfo:
     width: int | None = None
     height: int | None = None
     frame_rate: float | None = None
+    rotation: int = 0
+    sample_aspect_ratio: tuple[int, int] | None = None
+
+    @property
+    def display_width(self) -> int | None:
+        return self._display()[0]
+
+    @property
+    def display_height(self) -> int | None:
+        return self._display()[1]
+
+    def _display(self) -> tuple[int | None, int | None]:
+        width, height = self.width, self.height
+        if width and height and self.sample_aspect_ratio:
+            num, den = self.sample_aspect_ratio
+            width = max(1, round(width * num / den))
+        if self.rotation in (90, 270):
+            width, height = height, width
+        return width, height
 
     def codec(self, kind: str) -> str | None:
         """The codec of the first stream of `kind` ("video", "audio"), or None."""
@@ -96,7 +117,18 @@ def read_probe(text: str) -> MediaInfo | str:
     return MediaInfo(str(data["format_name"]), float(duration) if duration else None, streams,
                      bit_rate=_whole(data.get("bit_rate")), width=_whole(video.get("width")),
                      height=_whole(video.get("height")),
-                     frame_rate=_positive(video.get("frame_rate")))
+                     frame_rate=_positive(video.get("frame_rate")),
+                     rotation=video.get("rotation") if video.get("rotation") in (90, 180, 270)
+                     else 0,
+                     sample_aspect_ratio=_ratio(video.get("sample_aspect_ratio")))
+
+
+def _ratio(value: object) -> tuple[int, int] | None:
+    """A sample aspect ratio [num, den] within what video uses (1:100 to 100:1)."""
+    if isinstance(value, list) and len(value) == 2 and all(_whole(part) for part in value) \
+            and 1 / 100 <= value[0] / value[1] <= 100:
+        return value[0], value[1]
+    return None
 
 
 def _whole(value: object) -> int | None:

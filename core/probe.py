@@ -5,8 +5,9 @@ libraries (PyAV) and print what it holds as one JSON object.
 
 prints {"format_name": ..., "duration_s": float or null, "streams":
 [[kind, codec], ...], "bit_rate": int or null, "video": {"width", "height",
-"frame_rate"} of the first video stream or null}, or {"error": ..., "refused": bool} when the file
-cannot be opened. Fields are read from the libraries' structures, never
+"frame_rate", "rotation", "sample_aspect_ratio"} of the first video stream
+or null}, or {"error": ..., "refused": bool} when the file cannot be
+opened. Fields are read from the libraries' structures, never
 parsed from text, so metadata in the file (a title with newlines) cannot
 change them. It runs as a child so that a file that crashes the
 demuxer takes down only the probe (core.media.probe runs it).
@@ -20,6 +21,11 @@ import sys
 import av
 
 _AV_TIME_BASE = 1_000_000
+# The rotation a player applies (a phone's portrait video is stored
+# landscape with a display matrix) is read from the first decoded frame: at
+# most this many packets are read for it, and none of a frame larger than 8K.
+_ROTATION_PACKETS = 32
+_ROTATION_MAX_PIXELS = 7680 * 4320
 
 
 def describe(path: str, formats: str | None) -> dict:
@@ -47,9 +53,29 @@ def _first_video(container) -> dict | None:
     for stream in container.streams.video:
         context = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate
-        return {"width": context.width or None, "height": context.height or None,
-                "frame_rate": float(rate) if rate else None}
+        sar = stream.sample_aspect_ratio
+        width, height = context.width or None, context.height or None
+        return {"width": width, "height": height,
+                "frame_rate": float(rate) if rate else None,
+                "rotation": _rotation(container, stream, (width or 0) * (height or 0)),
+                "sample_aspect_ratio": [sar.numerator, sar.denominator]
+                if sar and sar.numerator > 0 and sar != 1 else None}
     return None
+
+
+def _rotation(container, stream, pixels: int) -> int:
+    """Degrees (0, 90, 180, 270) the first frame is turned when displayed."""
+    if not 0 < pixels <= _ROTATION_MAX_PIXELS:
+        return 0
+    try:
+        for count, packet in enumerate(container.demux(stream)):
+            for frame in packet.decode():
+                return round(float(frame.rotation or 0) / 90) * 90 % 360
+            if count >= _ROTATION_PACKETS:
+                break
+    except (av.error.FFmpegError, ValueError, OverflowError):
+        pass
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,11 +33,14 @@ def rungs_for(spec: dict, info: MediaInfo) -> list[dict]:
     """The ladder's rungs no taller than the source; a source shorter than
     every rung gets one rung at its own height. Raises MediaError when the
     source has no video."""
-    if info.codec("video") is None or not info.height:
+    # Heights as a player shows the source: ffmpeg turns a rotated source
+    # before the ladder's scalers see it.
+    height = info.display_height
+    if info.codec("video") is None or not height:
         raise MediaError("an hls output needs a source with video")
-    rungs = [rung for rung in spec["ladder"] if rung["height"] <= info.height]
+    rungs = [rung for rung in spec["ladder"] if rung["height"] <= height]
     if not rungs:
-        rungs = [{"height": info.height - info.height % 2,
+        rungs = [{"height": height - height % 2,
                   "video_bitrate": spec["ladder"][0]["video_bitrate"]}]
     return rungs
 

@@ -132,7 +132,7 @@ def _sprite_geometry(output: Output, info: MediaInfo,
         raise MediaError(f"{output.where}: a sprite needs a source with video")
     try:
         return thumbnails.SpriteGeometry.from_settings(
-            settings, info.duration_s or 0.0, info.width or 0, info.height or 0,
+            settings, info.duration_s or 0.0, info.display_width or 0, info.display_height or 0,
             (output.sprite or {}).get("interval_s"))
     except ValueError as exc:
         raise MediaError(f"{output.where}: {exc}") from None
@@ -246,7 +246,7 @@ def describe_file(ffmpeg: str, path: str, uri: str, passes: list) -> dict:
     described.update(
         duration_s=round(info.duration_s, 3) if info.duration_s else None,
         video_codec=info.codec("video"), audio_codec=info.codec("audio"),
-        width=info.width, height=info.height, bitrate=bitrate)
+        width=info.display_width, height=info.display_height, bitrate=bitrate)
     return described
 
 

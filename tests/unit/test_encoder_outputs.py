@@ -137,3 +137,27 @@ def test_a_ladder_from_a_source_without_video_fails_naming_the_output(media, tmp
     with pytest.raises(MediaError) as failed:
         run(settings, work, planned_outputs, str(audio))
     assert str(failed.value) == "outputs[1]: an hls output needs a source with video"
+
+
+def test_a_phone_video_stored_turned_makes_a_portrait_ladder_and_portrait_tiles(
+        media, tmp_path, clip):
+    # A phone stores portrait video landscape (640x360) with a display matrix;
+    # players show it 360x640, and so must every rendition and tile.
+    phone = str(tmp_path / "phone.mp4")
+    subprocess.run([ffmpeg_path(Settings()), "-v", "error", "-y", "-display_rotation:v:0", "90",
+                    "-i", clip, "-c", "copy", phone], check=True, timeout=30)
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / "hls").as_uri() + "/",
+         "job_options": {"preset": "hls", "ladder": [180, 360, 640], "segment_s": 1}},
+        {"destination": (media / "scrub").as_uri() + "/",
+         "job_options": {"preset": "sprite", "interval_s": 1}}])
+    info, _progress = run(settings, work, planned_outputs, phone)
+    found = variants(work / "out" / "0" / "master.m3u8")
+    sizes = [tuple(map(int, attrs["RESOLUTION"].split("x"))) for attrs, _ in found]
+    # 640 lines is above the stored height but not the shown one: it stays.
+    assert [height for _width, height in sizes] == [180, 360, 640]
+    assert all(width < height for width, height in sizes), sizes
+    geometry = planned_outputs[1].geometry
+    assert geometry.tile_height > geometry.tile_width
+    described = outputs.describe(ffmpeg_path(settings), planned_outputs[0], info)
+    assert (described["width"], described["height"]) == (360, 640)

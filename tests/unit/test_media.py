@@ -78,3 +78,40 @@ def test_metadata_text_cannot_spoof_the_probe(ffmpeg, clip, tmp_path, suffix):
 
 def test_ffmpeg_path_prefers_the_setting():
     assert ffmpeg_path(Settings(ffmpeg_path="/opt/ffmpeg/bin/ffmpeg")) == "/opt/ffmpeg/bin/ffmpeg"
+
+
+def turned(ffmpeg: str, clip: str, out: str, extra: list[str]) -> str:
+    """`clip` stored as it is, marked to be shown turned or stretched (as
+    phones and DV cameras store video)."""
+    subprocess.run([ffmpeg, "-v", "error", "-y", *extra, "-i", clip, "-c", "copy", out],
+                   check=True, timeout=30)
+    return out
+
+
+@pytest.mark.parametrize("degrees, shown", [(90, (120, 160)), (-90, (120, 160)),
+                                            (180, (160, 120))])
+def test_the_probe_gives_the_size_a_player_shows_a_turned_video_at(ffmpeg, clip, tmp_path,
+                                                                   degrees, shown):
+    info = probe(ffmpeg, turned(ffmpeg, clip, str(tmp_path / "phone.mp4"),
+                                ["-display_rotation:v:0", str(degrees)]))
+    assert (info.width, info.height) == (160, 120)
+    assert info.rotation == degrees % 360
+    assert (info.display_width, info.display_height) == shown
+
+
+def test_the_probe_gives_the_size_a_player_shows_non_square_pixels_at(ffmpeg, clip, tmp_path):
+    stretched = str(tmp_path / "anamorphic.mkv")
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", clip, "-vf", "setsar=4/3",
+                    "-c:v", "libx264", "-preset", "ultrafast", stretched], check=True, timeout=30)
+    info = probe(ffmpeg, stretched)
+    assert info.sample_aspect_ratio == (4, 3) and info.rotation == 0
+    assert (info.display_width, info.display_height) == (213, 120)
+
+
+def test_read_probe_ignores_a_rotation_or_ratio_out_of_shape():
+    text = ('{"format_name": "mov", "duration_s": 1.0, "streams": [["video", "h264"]], '
+            '"video": {"width": 10, "height": 20, "rotation": 45, '
+            '"sample_aspect_ratio": [1, 0]}}')
+    info = read_probe(text)
+    assert info.rotation == 0 and info.sample_aspect_ratio is None
+    assert (info.display_width, info.display_height) == (10, 20)
