@@ -29,8 +29,9 @@ given up. A give-up is listed on the job (`notifications_given_up`, and a
 line in its details) once the job has ended: a write to a job an encoder
 still holds would take it from the encoder. Until then it is kept in this
 process, and written when a later change of the job is handled and the job
-has ended (a restart in between leaves it in the log and the give-up count
-only).
+has ended; it is also parked in the queue as a message of its own (the
+give-up itself, looked at again after 2, 4, ... 300 s until the job has
+ended), so a restart in between loses nothing.
 Nothing a receiver or a URL does stops the loop.
 
 A job's notify_format says what is sent: the original's form, or JSON
@@ -43,6 +44,7 @@ import argparse
 import concurrent.futures
 import collections
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -92,6 +94,10 @@ GIVE_UP_WRITE_TRIES = 3
 # Jobs still running whose give-ups are kept in memory; past this the oldest
 # kept are dropped (they stay in the log and the give-up count).
 MAX_JOBS_WITH_UNRECORDED_GIVE_UPS = 10_000
+# A give-up parked in the queue while its job runs is looked at again after
+# PARK_FIRST_S, then twice as long each time up to PARK_CAP_S.
+PARK_FIRST_S = 2.0
+PARK_CAP_S = 300.0
 # Pruning lists every active job; never more often than this.
 MIN_PRUNE_INTERVAL_S = 1.0
 _STOP_CHECK_S = 0.2
@@ -122,6 +128,25 @@ class _Retry:
 
     message_id: str
     due: float
+
+
+def parse_parked_give_up(body: str) -> tuple[str, dict] | None:
+    """(job id, give-up) of a give-up parked in the queue, or None for any
+    other body."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or set(data) != {"job_id", "given_up"}:
+        return None
+    job_id, record = data["job_id"], data["given_up"]
+    texts = ("state", "changed_at", "given_up_at", "reason")
+    if not isinstance(job_id, str) or not job_id or not isinstance(record, dict) \
+            or set(record) != {*texts, "attempts"} \
+            or not all(isinstance(record[key], str) for key in texts) \
+            or not isinstance(record["attempts"], int) or isinstance(record["attempts"], bool):
+        return None
+    return job_id, record
 
 
 def parse_change(body: str) -> tuple[StateChange, datetime]:
@@ -239,6 +264,10 @@ class Scheduler:
             # Delivered again while still here (its visibility ran out):
             # only the newest receipt can delete or hide it.
             known.receipt, known.receive_count = message.receipt, message.receive_count
+            return
+        parked = parse_parked_give_up(message.body)
+        if parked is not None:
+            self._look_at_parked(message, *parked)
             return
         try:
             change, changed_at = parse_change(message.body)
@@ -376,7 +405,9 @@ class Scheduler:
             log.warning("job %s %s: notification to %s given up after %.0f s: %s",
                         change.job_id, change.state, describe_url(url), age_s, exc)
             attempts = max(1, held.receive_count - self._busy_waits[held.message_id])
-            self._give_up(change, exc, attempts)
+            record = self._give_up(change, exc, attempts)
+            if change.job_id in self._unrecorded_give_ups:
+                self._park(change.job_id, record)  # the job runs on: not written yet
             self._done(held)
             return
         failures = held.receive_count - self._busy_waits[held.message_id]
@@ -386,19 +417,43 @@ class Scheduler:
         self._waiting.setdefault(change.job_id, []).insert(0, held)
         self._defer_lane(change.job_id, delay_s)
 
-    def _give_up(self, change: StateChange, exc: NotifyError, attempts: int) -> None:
-        """Keep the give-up, to be listed on the job once it has ended."""
+    def _give_up(self, change: StateChange, exc: NotifyError, attempts: int) -> dict:
+        """Keep the give-up, to be listed on the job once it has ended; returns it."""
         kept = self._unrecorded_give_ups
         if change.job_id not in kept and len(kept) >= MAX_JOBS_WITH_UNRECORDED_GIVE_UPS:
             dropped = next(iter(kept))
             del kept[dropped]
             log.warning("job %s: too many running jobs with notifications given up; "
                         "its give-ups will not be listed on it", dropped)
-        kept.setdefault(change.job_id, []).append({
-            "state": change.state, "changed_at": change.at,
-            "given_up_at": utcnow().isoformat(), "attempts": attempts,
-            "reason": str(exc)[:MAX_GIVE_UP_REASON_CHARS]})
+        record = {"state": change.state, "changed_at": change.at,
+                  "given_up_at": utcnow().isoformat(), "attempts": attempts,
+                  "reason": str(exc)[:MAX_GIVE_UP_REASON_CHARS]}
+        kept.setdefault(change.job_id, []).append(record)
         self._record_give_ups(change.job_id)
+        return record
+
+    def _park(self, job_id: str, record: dict) -> None:
+        """Put a give-up not yet written in the queue, so that it outlives this process."""
+        try:
+            self._queue.send(json.dumps({"job_id": job_id, "given_up": record}),
+                             delay_s=PARK_FIRST_S)
+        except BackendError as exc:
+            log.warning("job %s: could not park the notification give-up in the queue (%s); "
+                        "it is kept in this process only", job_id, exc)
+
+    def _look_at_parked(self, message: Message, job_id: str, record: dict) -> None:
+        """A parked give-up came back: write it if its job has ended, else
+        park it again for longer."""
+        kept = self._unrecorded_give_ups.setdefault(job_id, [])
+        if not any((one["state"], one["changed_at"]) == (record["state"], record["changed_at"])
+                   for one in kept):
+            kept.append(record)
+        self._record_give_ups(job_id)
+        if job_id in self._unrecorded_give_ups:
+            exponent = min(max(message.receive_count - 1, 0), 16)
+            self._hide(message.receipt, min(PARK_FIRST_S * 2.0 ** exponent, PARK_CAP_S))
+        else:
+            self._delete(message.receipt)
 
     def _record_give_ups(self, job_id: str) -> None:
         """List the job's kept give-ups on it (and a line each in its details),

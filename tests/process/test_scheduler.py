@@ -2,10 +2,12 @@
 real HTTP receiver of every state change and abandons stale jobs."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -185,6 +187,22 @@ def queue_empty(backends) -> bool:
     return backends.state_changes.counts() == (0, 0)
 
 
+def queued_bodies(backends) -> list[dict]:
+    """Every message of the state-change queue, read without receiving it."""
+    with contextlib.closing(sqlite3.connect(backends.settings.database_path)) as db:
+        rows = db.execute("SELECT body FROM queue_messages WHERE queue = ?",
+                          (backends.settings.sqs_job_state_change_queue_name,)).fetchall()
+    return [json.loads(body) for (body,) in rows]
+
+
+def only_parked_give_ups(backends) -> list[dict] | None:
+    """The give-ups parked in the queue (of jobs that have not ended), once
+    no state change is left in it; else None."""
+    bodies = queued_bodies(backends)
+    parked = [body["given_up"] for body in bodies if "given_up" in body]
+    return parked if len(parked) == len(bodies) else None
+
+
 def test_every_state_change_is_notified_once_in_order(receiver, backends, schedulers):
     schedulers.start()
     job = submit(backends, receiver.url("/ok?app=7"))
@@ -247,7 +265,10 @@ def test_notification_is_given_up_after_the_retry_period(receiver, backends, sch
     schedulers.start(notify_retry_for_s=2)
     job = submit(backends, receiver.url("/down"))
 
-    wait_for(lambda: queue_empty(backends), 10, "the change deleted", schedulers)
+    parked = wait_for(lambda: only_parked_give_ups(backends), 10, "the change deleted",
+                      schedulers)
+    # The job has not ended: its give-up waits in the queue to be listed on it.
+    assert [one["state"] for one in parked] == ["PENDING"] and parked[0]["attempts"] >= 2
     tried = len(receiver.attempts(job.id))
     assert tried >= 2
     time.sleep(1.0)
@@ -366,9 +387,10 @@ def test_unsendable_urls_are_given_up_and_later_jobs_still_notified(receiver, ba
 
     wait_for(lambda: receiver.delivered_states(good.id) == ["PENDING"], 10,
              "the good job's notification", schedulers)
-    wait_for(lambda: queue_empty(backends), 20, "every change settled", schedulers)
+    parked = wait_for(lambda: only_parked_give_ups(backends), 20, "every change settled",
+                      schedulers)
     assert proc.poll() is None
-    assert schedulers.logs().count("given up") >= 5
+    assert schedulers.logs().count("given up") >= 5 and len(parked) == 5
 
 
 def test_a_state_change_whose_writer_died_before_announcing_is_still_notified(

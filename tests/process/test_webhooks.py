@@ -148,6 +148,23 @@ def test_a_give_up_while_the_job_runs_is_listed_when_it_ends_though_that_is_deli
     assert [g["state"] for g in job["notifications_given_up"]] == ["PENDING"]
 
 
+def test_a_give_up_while_the_job_runs_survives_a_scheduler_restart(api, receiver, schedulers):
+    first = schedulers.start(webhook_secret=SECRET, notify_retry_for_s=2)
+    job_id = submit_json(api, receiver.url("/down"))
+    wait_for(lambda: "PENDING: notification to" in schedulers.logs()
+             and "given up" in schedulers.logs(), 20, "PENDING given up", schedulers)
+    first.terminate()
+    assert first.wait(timeout=15) == 0
+    # The job had not ended, so the give-up could not be written yet; the
+    # next scheduler must still list it when the job ends.
+    schedulers.start(webhook_secret=SECRET, notify_retry_for_s=2)
+    assert api.request("POST", f"/jobs/{job_id}/cancel").status == 200
+    job = wait_for(lambda: (lambda j: j if len(j["notifications_given_up"]) == 2 else None)(
+        api.request("GET", f"/jobs/{job_id}").json["job"]), 40,
+        "both give-ups listed", schedulers)
+    assert [g["state"] for g in job["notifications_given_up"]] == ["PENDING", "CANCELLED"]
+
+
 def test_post_notify_sends_the_current_state_again(api, receiver, schedulers):
     schedulers.start(webhook_secret=SECRET)
     job_id = submit_json(api, receiver.url("/ok"))
