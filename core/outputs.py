@@ -26,7 +26,8 @@ An `hls` output (the preset `hls`, or "kind": "hls") writes an adaptive
 ladder under a destination prefix ending in '/': one H.264 rendition per
 rung (never above the source's height), one shared AAC audio rendition,
 segments of `segment_s` seconds (fMP4 by default, TS with
-"segment_type": "ts") and a master playlist. A destination may name the
+"segment_type": "ts") and a master playlist; with "dash": true also a DASH
+manifest of the same renditions. A destination may name the
 master playlist instead (".../show/main.m3u8"): the ladder goes under its
 folder, the master playlist by that name. A sprite's destination may name
 its track (".../thumbs.vtt": sheets thumbs_000.jpg, ... beside it).
@@ -54,7 +55,7 @@ DEFAULT_SEGMENT_S = 6
 MIN_SEGMENT_S, MAX_SEGMENT_S = 1, 30
 SEGMENT_TYPES = ("fmp4", "ts")
 HLS_DEFAULTS = {"segment_s": DEFAULT_SEGMENT_S, "segment_type": "fmp4",
-                "audio_bitrate": "128k", "encoder_preset": "veryfast"}
+                "audio_bitrate": "128k", "encoder_preset": "veryfast", "dash": False}
 _HLS_KEYS = ("preset", "nommer", "ladder", *HLS_DEFAULTS)
 _BITRATE = re.compile(r"\d{1,6}[kKmM]?", re.ASCII)
 # What a destination may name inside its folder: the master playlist of an
@@ -77,6 +78,8 @@ def hls_listing() -> dict:
         "segment_type": "fmp4 (CMAF init.mp4 + .m4s segments) or ts",
         "audio_bitrate": "the one AAC rendition all video renditions share",
         "encoder_preset": "the x264 speed of every rendition",
+        "dash": "also a DASH manifest (manifest.mpd) of the same renditions, copied into "
+                "segments of its own under dash/ (fmp4 only)",
     }
     defaults = {"ladder": list(DEFAULT_LADDER), **HLS_DEFAULTS}
     return {"name": HLS_PRESET,
@@ -286,7 +289,10 @@ def _claims(output: dict) -> list[tuple[str, str]]:
     if kind == HLS_PRESET and spec.get("master"):
         # The renditions' folders are named by their heights, which the
         # source decides; so the ladder claims every folder under its own.
-        return [(destination + spec["master"], "file"), (destination, "folders")]
+        claims = [(destination + spec["master"], "file"), (destination, "folders")]
+        if spec.get("dash"):
+            claims.append((destination + spec["master"][:-len(".m3u8")] + ".mpd", "file"))
+        return claims
     if kind == SPRITE_PRESET and spec.get("name"):
         base = destination + spec["name"]
         return [(base + ".vtt", "file"), (base + ".jpg", "file"), (base + "_", "prefix")]
@@ -353,6 +359,13 @@ def hls_spec(request: dict, settings: Settings, field: str) -> dict:
         raise ValidationError(f"{field}.encoder_preset must be an x264 preset: "
                               f"{', '.join(sorted(_ENCODER_PRESET))}")
     spec["encoder_preset"] = encoder_preset
+    dash = request.get("dash", False)
+    if not isinstance(dash, bool):
+        raise ValidationError(f"{field}.dash must be true or false")
+    if dash and segment_type != "fmp4":
+        raise ValidationError(f"{field}.dash needs segment_type fmp4: DASH is packaged from "
+                              "the fMP4 renditions")
+    spec["dash"] = dash
     spec["ladder"] = _ladder(request.get("ladder", list(DEFAULT_LADDER)), settings,
                              f"{field}.ladder")
     return spec

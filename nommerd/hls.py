@@ -11,6 +11,11 @@ ffmpeg's own master playlist has BANDWIDTH, AVERAGE-BANDWIDTH (measured),
 RESOLUTION and CODECS but no FRAME-RATE, and lists the audio rendition as a
 variant of its own; `fix_master` adds the frame rate and keeps only the
 video variants (each pointing at the audio group).
+
+With "dash", the same renditions are packaged once more for DASH
+(`dash_argv`): ffmpeg copies them, without encoding again, into a DASH
+manifest (manifest.mpd, or named after the master playlist) with its own
+segments under dash/, one video adaptation set and one audio set.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from core.errors import MediaError
 from core.media import MediaInfo
 
 MASTER = "master.m3u8"
+DASH_MANIFEST = "manifest.mpd"
+DASH_FOLDER = "dash"
 PLAYLIST = "index.m3u8"
 AUDIO_NAME = "audio"
 AUDIO_GROUP = "audio"
@@ -96,6 +103,44 @@ def master_name(spec: dict) -> str:
     return spec.get("master") or MASTER
 
 
+def dash_name(spec: dict) -> str:
+    """The DASH manifest's file name: beside a named master playlist, its
+    name with .mpd; else DASH_MANIFEST."""
+    master = spec.get("master")
+    return master[:-len(".m3u8")] + ".mpd" if master else DASH_MANIFEST
+
+
+def dash_argv(ffmpeg: str, spec: dict, out_dir: str, variants: list[dict],
+              has_audio: bool) -> list[str]:
+    """The ffmpeg command that packages a finished ladder (its fMP4
+    renditions, read through their media playlists) for DASH by copying,
+    and makes the folders it writes into."""
+    inputs = [os.path.join(out_dir, variant["uri"]) for variant in variants]
+    if has_audio:
+        inputs.append(os.path.join(out_dir, AUDIO_NAME, PLAYLIST))
+    argv = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-nostats", "-progress", "pipe:1"]
+    for path in inputs:
+        argv += ["-protocol_whitelist", "file", "-i", path]
+    for index in range(len(variants)):
+        argv += ["-map", f"{index}:v:0"]
+    if has_audio:
+        argv += ["-map", f"{len(variants)}:a:0"]
+    for index in range(len(inputs)):
+        os.makedirs(os.path.join(out_dir, DASH_FOLDER, str(index)), exist_ok=True)
+    # One adaptation set lets a player switch between the renditions, and
+    # ffmpeg takes only one display aspect in a set: each rung's width was
+    # rounded to even, so all are given the top rung's.
+    top = max(variants, key=lambda variant: variant["height"])
+    sets = "id=0,streams=v" + (" id=1,streams=a" if has_audio else "")
+    argv += ["-c", "copy", "-aspect:v", f"{top['width']}:{top['height']}",
+             "-f", "dash", "-seg_duration", str(spec["segment_s"]),
+             "-use_template", "1", "-use_timeline", "1", "-adaptation_sets", sets,
+             "-init_seg_name", f"{DASH_FOLDER}/$RepresentationID$/init.mp4",
+             "-media_seg_name", f"{DASH_FOLDER}/$RepresentationID$/seg_$Number%05d$.m4s",
+             os.path.join(out_dir, dash_name(spec))]
+    return argv
+
+
 def attributes(line: str) -> dict[str, str]:
     """The attributes of an #EXT-X-... line, quotes removed."""
     return {key: value.strip('"') for key, value in _ATTRIBUTE.findall(line.partition(":")[2])}
@@ -155,8 +200,9 @@ def media_playlist(path: str) -> tuple[list[str], float]:
 
 
 def describe(out_dir: str, prefix_uri: str, variants: list[dict], has_audio: bool,
-             master: str = MASTER) -> dict:
-    """What the job record says of a finished ladder under `prefix_uri`."""
+             master: str = MASTER, dash_manifest: str | None = None) -> dict:
+    """What the job record says of a finished ladder under `prefix_uri`
+    (`dash_manifest`: the name of its DASH manifest, if it has one)."""
     segments, duration_s = 0, 0.0
     for name in sorted(os.listdir(out_dir)):
         playlist = os.path.join(out_dir, name, PLAYLIST)
@@ -173,4 +219,5 @@ def describe(out_dir: str, prefix_uri: str, variants: list[dict], has_audio: boo
             "duration_s": round(duration_s, 3), "container": "hls", "video_codec": "h264",
             "audio_codec": "aac" if has_audio else None, "width": top["width"],
             "height": top["height"], "bitrate": top["average_bandwidth"] or top["bandwidth"],
-            "variants": [{**variant, "uri": prefix_uri + variant["uri"]} for variant in variants]}
+            "variants": [{**variant, "uri": prefix_uri + variant["uri"]} for variant in variants],
+            "dash_manifest": prefix_uri + dash_manifest if dash_manifest else None}

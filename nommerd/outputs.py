@@ -64,6 +64,11 @@ class Output:
         return hls.master_name(self.hls or {})
 
     @property
+    def dash_manifest(self) -> str | None:
+        """An hls output's DASH manifest file name, when it asked for one."""
+        return hls.dash_name(self.hls) if self.hls and self.hls.get("dash") else None
+
+    @property
     def sprite_base(self) -> str:
         """What a sprite's track and sheets are named after."""
         return (self.sprite or {}).get("name") or thumbnails.DEFAULT_BASE
@@ -189,8 +194,20 @@ def encode(ffmpeg: str, runner: FFmpegRunner, outputs: list[Output], source_path
     for output in outputs:
         if output.kind == "hls":
             output.variants = hls.fix_master(output.local_dir, info, output.master)
+            if output.dash_manifest:
+                _package_dash(ffmpeg, runner, output, info, out_root)
         elif output.kind == "sprite":
             thumbnails.write_sprite_vtt(output.geometry, output.local_dir, output.sprite_base)
+
+
+def _package_dash(ffmpeg: str, runner: FFmpegRunner, output: Output, info: MediaInfo,
+                  out_root: str) -> None:
+    argv = hls.dash_argv(ffmpeg, output.hls, output.local_dir, output.variants,
+                         info.codec("audio") is not None)
+    try:
+        runner.run(argv, info.duration_s, output_path=out_root)
+    except MediaError as exc:
+        raise MediaError(f"{output.where}: packaging for DASH: {exc}") from None
 
 
 def _failed(stderr: str, members: list[Output]) -> str:
@@ -220,13 +237,14 @@ def upload_files(output: Output) -> list[OutputFile]:
         for name in sorted(names):
             path = os.path.join(folder, name)
             key = os.path.relpath(path, output.local_dir).replace(os.sep, "/")
-            if key == output.master:
+            if key in (output.master, output.dash_manifest):
                 continue
             one = OutputFile(path, key, content_type_for(name), last=name.endswith(".m3u8"))
             (playlists if one.last else media).append(one)
-    master = os.path.join(output.local_dir, output.master)
-    return media + playlists + [OutputFile(master, output.master,
-                                           content_type_for(output.master), last=True)]
+    manifests = [output.master] + ([output.dash_manifest] if output.dash_manifest else [])
+    return media + playlists + [OutputFile(os.path.join(output.local_dir, name), name,
+                                           content_type_for(name), last=True)
+                                for name in manifests]
 
 
 def describe_file(ffmpeg: str, path: str, uri: str, passes: list) -> dict:
@@ -264,7 +282,8 @@ def describe(ffmpeg: str, output: Output, info: MediaInfo) -> dict:
         return {**described, "size_bytes": _folder_bytes(output.local_dir)}
     if output.kind == "hls":
         return hls.describe(output.local_dir, output.destination, output.variants,
-                            info.codec("audio") is not None, output.master)
+                            info.codec("audio") is not None, output.master,
+                            output.dash_manifest)
     return describe_file(ffmpeg, output.local_path, output.destination, output.passes)
 
 

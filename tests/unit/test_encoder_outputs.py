@@ -14,7 +14,7 @@ from core.outputs import options_for_submit
 from core.settings import Settings
 from nommerd import outputs
 from nommerd.ffmpeg import EncodeLimits, FFmpegRunner, check_source
-from tests.fixtures.hls_checks import REQUIRED, variants
+from tests.fixtures.hls_checks import REQUIRED, check_dash, variants
 
 pytestmark = pytest.mark.timeout(120)
 CLIP_S = 3.0
@@ -161,3 +161,31 @@ def test_a_phone_video_stored_turned_makes_a_portrait_ladder_and_portrait_tiles(
     assert geometry.tile_height > geometry.tile_width
     described = outputs.describe(ffmpeg_path(settings), planned_outputs[0], info)
     assert (described["width"], described["height"]) == (360, 640)
+
+
+def test_a_ladder_with_dash_packages_the_same_renditions_and_writes_manifests_last(
+        media, tmp_path):
+    # 853x481: each rung's width is rounded to even, so the rungs' shapes
+    # differ a little; they must still form one DASH adaptation set.
+    odd = str(tmp_path / "odd.mp4")
+    subprocess.run([ffmpeg_path(Settings()), "-v", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc=size=853x481:rate=30000/1001:duration=3",
+                    "-f", "lavfi", "-i", "sine=duration=3", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv444p", "-c:a", "aac", "-shortest",
+                    odd], check=True, timeout=60)
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / "show" / "main.m3u8").as_uri(), "preset": "hls",
+         "job_options": {"ladder": [180, 360], "segment_s": 1, "dash": True}}])
+    info, _progress = run(settings, work, planned_outputs, odd)
+    folder = work / "out" / "0"
+    check_dash(ffmpeg_path(settings), folder / "main.mpd", info.duration_s, 2)
+    ladder = planned_outputs[0]
+    files = outputs.upload_files(ladder)
+    assert [one.key for one in files if one.last][-2:] == ["main.m3u8", "main.mpd"]
+    assert files[-1].content_type == "application/dash+xml"
+    dash_files = [one for one in files if one.key.startswith("dash/")]
+    assert dash_files and not any(one.last for one in dash_files)
+    assert {one.content_type for one in dash_files} == {"video/mp4", "video/iso.segment"}
+    described = outputs.describe(ffmpeg_path(settings), ladder, info)
+    assert described["dash_manifest"] == (media / "show" / "main.mpd").as_uri()
+    assert described["size_bytes"] == sum((folder / one.key).stat().st_size for one in files)

@@ -49,7 +49,7 @@ def test_several_outputs_are_stored_each_with_its_destination_and_passes(root, s
         "ladder": [{"height": 360, "video_bitrate": "700k"},
                    {"height": 720, "video_bitrate": default_video_bitrate(720)}],
         "segment_s": 6, "segment_type": "ts", "audio_bitrate": "128k",
-        "encoder_preset": "veryfast"}}
+        "encoder_preset": "veryfast", "dash": False}}
 
 
 @pytest.mark.parametrize("output, words", [
