@@ -148,6 +148,9 @@ def _schemas() -> dict:
                              "description": "hls only: segments of every rendition"},
                 "variants": {"type": "array", "description": "hls only: each video rendition",
                              "items": {"type": "object"}},
+                "dash_manifest": {**text_or_null, "description":
+                                  "hls only: the DASH manifest of the same renditions, when "
+                                  "asked for (\"dash\": true)"},
                 "vtt": {"type": "string", "description": "sprite only: the WebVTT track"},
                 "tiles": {"type": "integer", "description": "sprite only"},
                 "interval_s": {"type": "number", "description": "sprite only"}}},

@@ -33,7 +33,7 @@ from core.app.local_system import free_port, wait_for
 from core.media import ffmpeg_path, make_sample_clip, probe
 from core.settings import Settings, load
 from tests.fixtures.fault_proxy import FaultProxy
-from tests.fixtures.hls_checks import check_ladder
+from tests.fixtures.hls_checks import check_dash, check_ladder
 from tests.fixtures.aws import aws_client, aws_env
 from tests.system.test_metrics_system import scrape
 from tests.fixtures.imds import InstanceMetadata
@@ -361,7 +361,7 @@ def test_s3_job_finishes_on_a_launched_encoder_that_then_terminates_itself(
 HLS_CLIP_S = 4.0
 
 
-def test_hls_ladder_to_an_s3_prefix_is_uploaded_with_playlists_typed_and_plays_back(
+def test_hls_and_dash_to_an_s3_prefix_are_uploaded_with_manifests_typed_and_play_back(
         tmp_path, endpoint, moto_server, cloud_setup, media, ffmpeg):
     s3, bucket, _source = media
     clip = tmp_path / "clip-360p.mp4"
@@ -371,17 +371,18 @@ def test_hls_ladder_to_an_s3_prefix_is_uploaded_with_playlists_typed_and_plays_b
                     **cloud_setup) as cluster:
         job_id = cluster.client.submit_options(
             f"s3://{bucket}/in/clip-360p.mp4", f"s3://{bucket}/show/",
-            {"preset": "hls", "ladder": [180, 360], "segment_s": 1})
+            {"preset": "hls", "ladder": [180, 360], "segment_s": 1, "dash": True})
         job = cluster.wait_job(job_id, {"FINISHED", "ERROR"}, timeout_s=150)
     assert job["state"] == "FINISHED", job["state_details"]
 
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="show/")["Contents"]
     keys = sorted(item["Key"][len("show/"):] for item in listed)
-    assert {"master.m3u8", "180p/index.m3u8", "360p/index.m3u8", "audio/index.m3u8"} <= set(keys)
+    assert {"master.m3u8", "180p/index.m3u8", "360p/index.m3u8", "audio/index.m3u8",
+            "manifest.mpd"} <= set(keys)
     for rendition in ("180p", "360p", "audio"):
         assert sum(key.startswith(f"{rendition}/init") for key in keys) == 1
     expected_type = {".m3u8": "application/vnd.apple.mpegurl", ".mp4": "video/mp4",
-                     ".m4s": "video/iso.segment"}
+                     ".m4s": "video/iso.segment", ".mpd": "application/dash+xml"}
     for key in keys:
         local = tmp_path / "show" / key
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -389,10 +390,13 @@ def test_hls_ladder_to_an_s3_prefix_is_uploaded_with_playlists_typed_and_plays_b
         content_type = s3.head_object(Bucket=bucket, Key="show/" + key)["ContentType"]
         assert content_type == expected_type[local.suffix], key
     check_ladder(ffmpeg, tmp_path / "show", HLS_CLIP_S, [180, 360])
+    check_dash(ffmpeg, tmp_path / "show" / "manifest.mpd", HLS_CLIP_S, 2)
     [described] = job["outputs"]
     assert described["master_playlist"] == f"s3://{bucket}/show/master.m3u8"
+    assert described["dash_manifest"] == f"s3://{bucket}/show/manifest.mpd"
     assert described["renditions"] == 2
-    assert described["segments"] == sum(key.endswith(".m4s") for key in keys)
+    assert described["segments"] == sum(key.endswith(".m4s") and not key.startswith("dash/")
+                                        for key in keys)
 
 
 def submit_until_accepted(client, source: str, destination: str, attempts: int = 5) -> str:

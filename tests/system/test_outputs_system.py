@@ -8,7 +8,7 @@ import pytest
 from core.app.cli import ApiRefused
 from core.app.local_system import LocalSystem, wait_for
 from core.media import ffmpeg_path, make_sample_clip
-from tests.fixtures.hls_checks import check_ladder
+from tests.fixtures.hls_checks import check_dash, check_ladder
 from tests.fixtures.media_checks import describe
 
 pytestmark = pytest.mark.timeout(300)
@@ -153,7 +153,7 @@ def test_a_show_folder_holds_a_named_ladder_beside_its_poster_and_thumbnails(sys
     show = system.media_dir / "out-show"
     job_id = submit(system, {"source_path": f"file://{clip}", "outputs": [
         {"destination": (show / "main.m3u8").as_uri(), "preset": "hls",
-         "job_options": {"ladder": [360], "segment_s": 2}},
+         "job_options": {"ladder": [360], "segment_s": 2, "dash": True}},
         {"destination": (show / "poster.jpg").as_uri(), "preset": "poster-jpeg"},
         {"destination": (show / "thumbs.vtt").as_uri(), "preset": "sprite",
          "job_options": {"interval_s": 4}},
@@ -161,8 +161,10 @@ def test_a_show_folder_holds_a_named_ladder_beside_its_poster_and_thumbnails(sys
     job = ended(system, job_id)
     assert job["state"] == "FINISHED", job["state_details"]
     check_ladder(ffmpeg_path(system.settings), show, CLIP_S, [360], master_name="main.m3u8")
+    check_dash(ffmpeg_path(system.settings), show / "main.mpd", CLIP_S, 1)
     assert sorted(path.name for path in show.iterdir()) == \
-        ["360p", "audio", "main.m3u8", "poster.jpg", "thumbs.jpg", "thumbs.vtt"]
+        ["360p", "audio", "dash", "main.m3u8", "main.mpd", "poster.jpg", "thumbs.jpg",
+         "thumbs.vtt"]
     assert job["destination"] == (show / "main.m3u8").as_uri()
     ladder, poster, sprite = job["outputs"]
     assert ladder["uri"] == ladder["master_playlist"] == (show / "main.m3u8").as_uri()

@@ -238,3 +238,12 @@ def test_a_sprite_output_is_stored_with_its_interval(root, settings):
     ]}, settings)
     assert options["outputs"][0] == {"destination": prefix, "kind": "sprite",
                                      "sprite": {"interval_s": 5.0}}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"dash": True, "segment_type": "ts"}, "dash needs segment_type fmp4"),
+    ({"dash": "yes"}, "dash must be true or false"),
+])
+def test_dash_is_asked_for_plainly_and_only_of_fmp4_ladders(root, settings, overrides, words):
+    assert words in refusal({"dest_path": (root / "show").as_uri() + "/",
+                             "job_options": {"preset": "hls", **overrides}}, settings)
