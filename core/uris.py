@@ -222,8 +222,9 @@ def check_destination(uri: object, settings: Settings, field: str = "dest_path")
         raise ValidationError(f"{field}: a {suffix} destination is written as several files "
                               "(a playlist and its segments); for HLS give this destination the "
                               "hls preset, or the preset a prefix ending in '/' "
-                              "(file:///.../dir/ or s3://bucket/prefix/); "
-                              "other playlists and manifests (DASH .mpd, ...) are not supported")
+                              "(file:///.../dir/ or s3://bucket/prefix/); DASH is that "
+                              "preset with \"dash\": true; other playlists and manifests "
+                              "are not supported")
     return checked
 
 

@@ -58,7 +58,7 @@ def test_several_outputs_are_stored_each_with_its_destination_and_passes(root, s
     ({"destination": "MEDIA/list.m3u8", "job_options": {"preset": "mp4-360p"}},
      "outputs[1].destination: a .m3u8 destination is written as several files"),
     ({"destination": "MEDIA/dash.mpd", "job_options": {"preset": "mp4-360p"}},
-     "(DASH .mpd, ...) are not supported"),
+     "DASH is that preset with \"dash\": true"),
     ({"destination": "MEDIA/dir/", "job_options": {"preset": "mp4-360p"}},
      "outputs[1].destination: the file path names a folder"),
     ({"destination": "MEDIA/hls", "job_options": {"preset": "hls"}},
