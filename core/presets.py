@@ -31,6 +31,7 @@ MIN_WIDTH, MAX_WIDTH = 16, 7680
 _BITRATE = re.compile(r"\d{1,6}[kKmM]?", re.ASCII)
 _ENCODER_PRESET = re.compile(r"[a-z]{1,12}|\d{1,2}", re.ASCII)
 _SEEK = re.compile(r"\d{1,6}(\.\d{1,3})?|\d{1,2}(\.\d{1,3})?%", re.ASCII)
+_CLOCK = re.compile(r"(\d{1,2}:)?[0-5]?\d:[0-5]\d(\.\d{1,3})?", re.ASCII)
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
@@ -40,6 +41,22 @@ def _width(value: object) -> str:
             or not MIN_WIDTH <= int(text) <= MAX_WIDTH:
         raise ValueError(f"must be a whole number of pixels from {MIN_WIDTH} to {MAX_WIDTH}")
     return text
+
+
+def seek_time(value: object) -> str:
+    """Where to seek, as the presets take it: seconds ("12.5"), a percentage
+    of the source ("10%"); a JSON number is seconds, and [HH:]MM:SS[.mmm]
+    is turned into seconds. Raises ValueError."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 10 ** 6:
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, str) and _CLOCK.fullmatch(value):
+        *hours, minutes, seconds = value.split(":")
+        total = int(hours[0]) * 3600 if hours else 0
+        return seek_time(total + int(minutes) * 60 + float(seconds))
+    if not isinstance(value, str) or not _SEEK.fullmatch(value):
+        raise ValueError("must be a time in seconds like 12.5, a clock time like 00:01:05, "
+                         "or a percentage like 10%")
+    return value
 
 
 def _pattern(regex: re.Pattern, what: str):
@@ -57,7 +74,7 @@ OVERRIDE_CHECKS = {
     "video_bitrate": _pattern(_BITRATE, "a bitrate like 1500k or 2M"),
     "audio_bitrate": _pattern(_BITRATE, "a bitrate like 96k"),
     "encoder_preset": _pattern(_ENCODER_PRESET, "an encoder speed like veryfast or 8"),
-    "time": _pattern(_SEEK, "a time in seconds like 12.5 or a percentage like 10%"),
+    "time": seek_time,
 }
 
 

@@ -45,10 +45,20 @@ def test_the_poster_seeks_to_ten_percent_unless_told_otherwise():
     assert at["options"][0]["infile_options"] == [["ss", "12.5"]]
 
 
+@pytest.mark.parametrize("sent, seconds", [
+    (12.5, "12.5"), (7, "7"), (0, "0"), ("1:05", "65"), ("01:00:02.5", "3602.5"),
+    ("00:00:05", "5"),
+])
+def test_the_poster_time_may_be_a_number_or_a_clock_time(sent, seconds):
+    at = expand_preset({"preset": "poster-jpeg", "time": sent})
+    assert at["options"][0]["infile_options"] == [["ss", seconds]]
+
+
 @pytest.mark.parametrize("key, value", [
     ("width", "640x"), ("width", 8), ("width", True), ("width", "９６０"),
     ("video_bitrate", "1M:x"), ("video_bitrate", 1000), ("audio_bitrate", "-1k"),
-    ("encoder_preset", "../../x"), ("time", "-5"), ("time", "101%"), ("time", "100%"), ("time", "1:00"),
+    ("encoder_preset", "../../x"), ("time", "-5"), ("time", "101%"), ("time", "100%"),
+    ("time", "1:60"), ("time", "1:2:3:4"), ("time", -1), ("time", True), ("time", "5s"),
 ])
 def test_a_bad_override_value_is_refused(key, value):
     with pytest.raises(ValidationError, match=f"job_options.{key} must be"):
