@@ -14,7 +14,8 @@ from core.outputs import options_for_submit
 from core.settings import Settings
 from nommerd import outputs
 from nommerd.ffmpeg import EncodeLimits, FFmpegRunner, check_source
-from tests.fixtures.hls_checks import REQUIRED, check_dash, variants
+from tests.fixtures.hls_checks import (REQUIRED, check_dash, dash_timelines, decoded_seconds,
+                                      variants)
 
 pytestmark = pytest.mark.timeout(120)
 CLIP_S = 3.0
@@ -189,3 +190,28 @@ def test_a_ladder_with_dash_packages_the_same_renditions_and_writes_manifests_la
     described = outputs.describe(ffmpeg_path(settings), ladder, info)
     assert described["dash_manifest"] == (media / "show" / "main.mpd").as_uri()
     assert described["size_bytes"] == sum((folder / one.key).stat().st_size for one in files)
+
+
+def test_a_ladder_of_a_source_without_sound_has_no_audio_group_and_still_plays(
+        media, tmp_path):
+    silent = str(tmp_path / "silent.mp4")
+    subprocess.run([ffmpeg_path(Settings()), "-v", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc=size=640x360:rate=25:duration=3",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", silent],
+                   check=True, timeout=60)
+    settings, work, planned_outputs = planned(media, tmp_path, [
+        {"destination": (media / "show").as_uri() + "/", "preset": "hls",
+         "job_options": {"ladder": [180, 360], "segment_s": 1, "dash": True}}])
+    info, _progress = run(settings, work, planned_outputs, silent)
+    folder = work / "out" / "0"
+    master = (folder / "master.m3u8").read_text()
+    assert "#EXT-X-MEDIA" not in master and "AUDIO=" not in master
+    found = variants(folder / "master.m3u8")
+    assert [int(attrs["RESOLUTION"].split("x")[1]) for attrs, _ in found] == [180, 360]
+    for program in range(2):
+        assert abs(decoded_seconds(ffmpeg_path(settings), folder / "master.m3u8", program, "v")
+                   - 3.0) <= 0.1
+    timelines = dash_timelines(folder / "manifest.mpd")
+    assert sorted(key.split("/")[0] for key in timelines) == ["video", "video"]
+    described = outputs.describe(ffmpeg_path(settings), planned_outputs[0], info)
+    assert described["audio_codec"] is None and described["renditions"] == 2
