@@ -59,8 +59,12 @@ def seek_time(value: object) -> str:
     return value
 
 
-def _pattern(regex: re.Pattern, what: str):
+def _pattern(regex: re.Pattern, what: str, whole_numbers: bool = False):
+    """A check that takes text matching `regex` (and with `whole_numbers`,
+    a JSON whole number as its digits)."""
     def check(value: object) -> str:
+        if whole_numbers and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
         if not isinstance(value, str) or not regex.fullmatch(value):
             raise ValueError(f"must be {what}")
         return value
@@ -73,7 +77,8 @@ OVERRIDE_CHECKS = {
     "width": _width,
     "video_bitrate": _pattern(_BITRATE, "a bitrate like 1500k or 2M"),
     "audio_bitrate": _pattern(_BITRATE, "a bitrate like 96k"),
-    "encoder_preset": _pattern(_ENCODER_PRESET, "an encoder speed like veryfast or 8"),
+    "encoder_preset": _pattern(_ENCODER_PRESET, "an encoder speed like veryfast or 8",
+                               whole_numbers=True),
     "time": seek_time,
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -87,7 +88,17 @@ class ApiClient:
                        notify_url: str | None = None, notify_format: str | None = None) -> str:
         """Submit with `job_options` as they are (passes, or {"preset": NAME, ...});
         returns the job id. Raises NommerError with the API's message when refused."""
-        body = {"source_path": source, "dest_path": destination, "job_options": job_options}
+        return self._submit({"source_path": source, "dest_path": destination,
+                             "job_options": job_options}, notify_url, notify_format)
+
+    def submit_outputs(self, source: str, outputs: list[dict], notify_url: str | None = None,
+                       notify_format: str | None = None) -> str:
+        """Submit one job of several outputs ({"destination", "job_options" or
+        "preset"}, ...); returns the job id. Raises NommerError when refused."""
+        return self._submit({"source_path": source, "outputs": outputs}, notify_url,
+                            notify_format)
+
+    def _submit(self, body: dict, notify_url: str | None, notify_format: str | None) -> str:
         if notify_url:
             body["notify_url"] = notify_url
         if notify_format:
@@ -216,35 +227,60 @@ def cmd_demo(args, settings) -> int:
 
 
 def as_uri(location: str) -> str:
-    """`location` as a URI: a local path becomes an absolute file:// URI."""
+    """`location` as a URI: a local path becomes an absolute file:// URI. A
+    trailing '/' stays: it names a folder (an hls or sprite destination)."""
     if "://" in location:
         return location
-    return Path(location).expanduser().resolve().as_uri()
+    uri = Path(location).expanduser().resolve().as_uri()
+    return uri + "/" if location.endswith(("/", os.sep)) and not uri.endswith("/") else uri
 
 
 def preset_request(name: str, overrides: list[str]) -> dict:
-    """{"preset": name, key: value, ...} from "key=value" overrides. Raises NommerError."""
+    """{"preset": name, key: value, ...} from "key=value" overrides. A value
+    that reads as JSON is sent as such (dash=true, ladder=[360,720],
+    interval_s=5); anything else as text (video_bitrate=1500k). Raises
+    NommerError."""
     job_options = {"preset": name}
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise NommerError(f"--set {item!r}: expected KEY=VALUE, e.g. video_bitrate=1500k")
-        job_options[key.strip()] = value.strip()
+        job_options[key.strip()] = _override_value(value.strip())
     return job_options
+
+
+def _override_value(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(constant)  # NaN and Infinity are not JSON
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return text
+
+
+def output_request(item: str) -> dict:
+    """One more output from --output DEST=PRESET. Raises NommerError."""
+    destination, sep, preset = item.rpartition("=")
+    if not sep or not destination or not preset:
+        raise NommerError(f"--output {item!r}: expected DEST=PRESET, e.g. "
+                          "show/poster.jpg=poster-jpeg")
+    return {"destination": as_uri(destination), "preset": preset}
 
 
 def cmd_submit(args, settings) -> int:
     client = api_client(settings, args)
     source, destination = as_uri(args.source), as_uri(args.destination)
-    if args.preset:
-        job_id = client.submit_options(source, destination,
-                                       preset_request(args.preset, args.set), args.notify_url,
-                                       args.notify_format)
-    elif args.set:
+    if args.set and not args.preset:
         raise NommerError("--set changes a preset: give --preset NAME too")
+    job_options = preset_request(args.preset, args.set) if args.preset else \
+        {"nommer": FFMPEG_NOMMER, "options": h264_passes(args.two_pass)}
+    if args.output:
+        outputs = [{"destination": destination, "job_options": job_options},
+                   *(output_request(item) for item in args.output)]
+        job_id = client.submit_outputs(source, outputs, args.notify_url, args.notify_format)
     else:
-        job_id = client.submit(source, destination, h264_passes(args.two_pass), args.notify_url,
-                               args.notify_format)
+        job_id = client.submit_options(source, destination, job_options, args.notify_url,
+                                       args.notify_format)
     print(job_id)
     if args.follow:
         job = follow(client, job_id, timeout_s=args.timeout)
@@ -289,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("source", help="a URI, or a local path (sent as a file:// URI)")
     submit.add_argument("destination", help="a URI, or a local path (sent as a file:// URI)")
     submit.add_argument("--preset", help="a catalogue preset (see `nommer presets`)")
+    submit.add_argument("--output", action="append", default=[], metavar="DEST=PRESET",
+                        help="one more output of the same job, from the same decode "
+                             "(e.g. show/poster.jpg=poster-jpeg); repeatable")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a preset override, e.g. video_bitrate=1500k (repeatable)")
     submit.add_argument("--notify-url")

@@ -187,3 +187,16 @@ def test_nommer_submit_with_a_preset_takes_local_paths(system, jobs):
     assert done.returncode == 0, done.stdout + done.stderr
     got = describe(ffmpeg_path(system.settings), str(system.media_dir / "out" / "cli.mp3"))
     assert got.audio_codec == "mp3" and got.audio_kbps == 96 and got.video_codec is None
+
+
+def test_nommer_submit_writes_a_ladder_and_a_poster_in_one_job(system, jobs):
+    done = _nommer(system, "submit", "in/clip-320x180.mp4", "out/cli-show/main.m3u8",
+                   "--preset", "hls", "--set", "ladder=[180]", "--set", "segment_s=1",
+                   "--set", "dash=true", "--output", "out/cli-show/poster.jpg=poster-jpeg",
+                   "--follow", "--timeout", "200", cwd=system.media_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    show = system.media_dir / "out" / "cli-show"
+    assert {"main.m3u8", "main.mpd", "poster.jpg", "180p"} <= \
+        {path.name for path in show.iterdir()}
+    poster = describe(ffmpeg_path(system.settings), str(show / "poster.jpg"))
+    assert poster.video_codec == "mjpeg"

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from core.app.cli import as_uri, preset_request
+from core.app.cli import as_uri, output_request, preset_request
 from core.errors import NommerError
+from core.outputs import hls_spec, sprite_spec
+from core.presets import expand_preset
+from core.settings import Settings
 
 
 def test_a_local_path_is_sent_as_an_absolute_file_uri(tmp_path, monkeypatch):
@@ -19,9 +22,41 @@ def test_a_uri_is_sent_as_it_is(uri):
     assert as_uri(uri) == uri
 
 
+def test_a_folder_keeps_its_trailing_slash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert as_uri("out/show/") == (tmp_path / "out" / "show").as_uri() + "/"
+    assert as_uri("out/show") == (tmp_path / "out" / "show").as_uri()
+
+
 def test_overrides_become_fields_beside_the_preset_name():
     assert preset_request("mp4-720p", ["video_bitrate=1500k", " width = 960 "]) == {
-        "preset": "mp4-720p", "video_bitrate": "1500k", "width": "960"}
+        "preset": "mp4-720p", "video_bitrate": "1500k", "width": 960}
+
+
+def test_overrides_that_read_as_json_are_sent_as_json():
+    assert preset_request("hls", ["dash=true", "ladder=[360, 720]", "segment_s=4",
+                                  "audio_bitrate=96k", "encoder_preset=NaN"]) == {
+        "preset": "hls", "dash": True, "ladder": [360, 720], "segment_s": 4,
+        "audio_bitrate": "96k", "encoder_preset": "NaN"}
+
+
+def test_the_cli_overrides_of_each_kind_pass_the_checks_they_meet():
+    # What a user types; each must reach the preset's own check as a value it takes.
+    expand_preset(preset_request("mp4-av1", ["encoder_preset=8", "width=960",
+                                             "video_bitrate=1M"]))
+    expand_preset(preset_request("poster-jpeg", ["time=12.5"]))
+    hls_spec(preset_request("hls", ["dash=true", "ladder=[360,720]", "segment_s=2"]),
+             Settings(), "job_options")
+    sprite_spec(preset_request("sprite", ["interval_s=5"]), Settings(), "job_options")
+
+
+def test_more_outputs_are_a_destination_and_a_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert output_request("show/poster.jpg=poster-jpeg") == {
+        "destination": (tmp_path / "show" / "poster.jpg").as_uri(), "preset": "poster-jpeg"}
+    assert output_request("s3://b/x=y.jpg=poster-jpeg")["destination"] == "s3://b/x=y.jpg"
+    with pytest.raises(NommerError, match="DEST=PRESET"):
+        output_request("show/poster.jpg")
 
 
 @pytest.mark.parametrize("item", ["video_bitrate", "=1500k"])
