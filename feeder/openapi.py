@@ -90,8 +90,9 @@ def _schemas() -> dict:
                                  "message": {"type": "string"}}},
         "SubmitRequest": {
             "type": "object", "required": ["source_path"],
-            "oneOf": [{"required": ["dest_path", "job_options"]},
-                      {"required": ["dest_path", "preset"]}, {"required": ["outputs"]}],
+            "oneOf": [{"required": ["dest_path"],
+                       "anyOf": [{"required": ["job_options"]}, {"required": ["preset"]}]},
+                      {"required": ["outputs"]}],
             "additionalProperties": False,
             "properties": {
                 "source_path": {"type": "string", "description": "file://, http(s):// or s3:// URI"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
@@ -51,3 +52,27 @@ def test_described_errors_are_the_ones_answered(api):
         assert answer.json["error_code"] in (
             api.request("GET", "/openapi.json").json["components"]["schemas"]["Error"]
             ["properties"]["error_code"]["enum"])
+
+
+def test_each_form_of_submit_the_api_takes_is_one_the_description_allows(api):
+    components = api.request("GET", "/openapi.json").json["components"]
+    schema = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/SubmitRequest", "components": components})
+    dest = api.uri("out/a.mp4")
+    taken = [
+        api.submit_body(),                                            # the original client's
+        api.submit_body(notify_url=None),
+        api.submit_body(job_options={"preset": "mp4-360p"}),
+        {**api.submit_body(preset="mp4-360p"), "job_options": {"width": 320}},
+        {k: v for k, v in api.submit_body(preset="mp4-360p").items() if k != "job_options"},
+        {"source_path": api.uri("in/master.mp4"), "outputs": [
+            {"destination": dest, "preset": "mp4-360p"},
+            {"destination": api.uri("out/show/main.m3u8"), "preset": "hls",
+             "job_options": {"dash": True}}]},
+    ]
+    for body in taken:
+        assert api.request("POST", "/job/submit/", body, token=TOKEN).status == 200, body
+        assert not list(schema.iter_errors(body)), body
+    both = {**api.submit_body(), "outputs": [{"destination": dest, "preset": "mp4-360p"}]}
+    assert api.request("POST", "/job/submit/", both, token=TOKEN).status == 400
+    assert list(schema.iter_errors(both))
