@@ -1,1 +1,1 @@
-"""Job stores: where job records live (SQLite, SimpleDB, DynamoDB) and the codec they share."""
+"""Job stores: where job records live (SQLite, SimpleDB, DynamoDB), and the codec and AWS client handling they share."""

@@ -46,11 +46,11 @@ import botocore.exceptions
 
 import functools
 
-from core.aws import BACKGROUND, RetryBudget, aws_errors, client as aws_client, error_code
+from core.aws import aws_errors, error_code
 from core.errors import BackendError, ConflictError, NotFound, ValidationError
-from core.interfaces import JobStore, Node
+from core.interfaces import Node
 from core.jobs import Job, JobState
-from core.settings import Settings
+from core.stores.aws_client import AWSJobStore
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
 # A missing domain or table is a BackendError here, never a missing job.
@@ -215,17 +215,18 @@ _NODES_TABLE = {
 }
 
 
-class DynamoDBJobStore(JobStore):
+class DynamoDBJobStore(AWSJobStore):
     """JobStore in two DynamoDB tables (created if missing).
 
     `client` is a boto3 "dynamodb" client. Every method raises BackendError
     when DynamoDB fails (after botocore's retries) or cannot be reached.
     """
 
+    SERVICE = "dynamodb"
+
     def __init__(self, client, table_name: str, nodes_table_name: str,
                  create_timeout_s: float = TABLE_CREATE_TIMEOUT_S):
-        self._client = client
-        self._owns_client = False
+        super().__init__(client)
         self.table_name = table_name
         self.nodes_table_name = nodes_table_name
         self._ensure_table(table_name, _JOBS_TABLE, create_timeout_s)
@@ -234,20 +235,6 @@ class DynamoDBJobStore(JobStore):
             indexes = self._client.describe_table(TableName=table_name)["Table"].get(
                 "GlobalSecondaryIndexes", [])
         self._has_outbox_index = any(i["IndexName"] == OUTBOX_INDEX for i in indexes)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, budget: RetryBudget = BACKGROUND
-                      ) -> "DynamoDBJobStore":
-        """The store in tables named like the SimpleDB domain settings, through core.aws.client."""
-        store = cls(aws_client(settings, "dynamodb", budget=budget), settings.simpledb_job_state_domain,
-                    settings.simpledb_ec2_nommer_state_domain)
-        store._owns_client = True
-        return store
-
-    def close(self) -> None:
-        """Close the client if this store made it (from_settings)."""
-        if self._owns_client:
-            self._client.close()
 
     def create_job(self, job: Job) -> Job:
         """Store `job` as version 1 and return it. Raises ConflictError if the id exists

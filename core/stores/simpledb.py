@@ -37,11 +37,11 @@ import uuid
 
 import functools
 
-from core.aws import BACKGROUND, RetryBudget, aws_errors, client as aws_client
+from core.aws import aws_errors
 from core.errors import BackendError, ConflictError, NotFound, ValidationError
-from core.interfaces import JobStore, Node
+from core.interfaces import Node
 from core.jobs import Job, JobState
-from core.settings import Settings
+from core.stores.aws_client import AWSJobStore
 from core.stores.codec import decode_cursor, encode_cursor, text_to_time, time_to_text
 
 # A missing domain or table is a BackendError here, never a missing job.
@@ -178,36 +178,23 @@ def _counter_family(key: str) -> str:
     return f"{name}{{{labels}}}" if labels else name
 
 
-class SimpleDBJobStore(JobStore):
+class SimpleDBJobStore(AWSJobStore):
     """JobStore in two SimpleDB domains (created if missing).
 
     `client` is a boto3 "sdb" client. Every method raises BackendError when
     SimpleDB fails (after botocore's retries) or cannot be reached.
     """
 
+    SERVICE = "sdb"
+
     def __init__(self, client, jobs_domain: str, nodes_domain: str):
-        self._client = client
-        self._owns_client = False
+        super().__init__(client)
         self.jobs_domain = jobs_domain
         self.nodes_domain = nodes_domain
         self._names: collections.OrderedDict[str, tuple[int, frozenset[str]]] = (
             collections.OrderedDict())
         for domain in (jobs_domain, nodes_domain):
             self._ensure_domain(domain)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, budget: RetryBudget = BACKGROUND
-                      ) -> "SimpleDBJobStore":
-        """The store in the domains the settings name, through core.aws.client."""
-        store = cls(aws_client(settings, "sdb", budget=budget), settings.simpledb_job_state_domain,
-                    settings.simpledb_ec2_nommer_state_domain)
-        store._owns_client = True
-        return store
-
-    def close(self) -> None:
-        """Close the client if this store made it (from_settings)."""
-        if self._owns_client:
-            self._client.close()
 
     def create_job(self, job: Job) -> Job:
         """Store `job` as version 1 and return it. Raises ConflictError if the id exists
