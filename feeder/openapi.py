@@ -141,6 +141,8 @@ def _schemas() -> dict:
                 "duration_s": {"type": ["number", "null"]},
                 "container": {"type": "string"},
                 "video_codec": text_or_null, "audio_codec": text_or_null,
+                "codecs": {"type": "array", "items": {"type": "string"},
+                           "description": "its video and audio codecs, as one list"},
                 "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
                 "bitrate": {"type": ["integer", "null"], "description": "bits per second"},
                 "master_playlist": {"type": "string", "description": "hls only"},

@@ -257,7 +257,7 @@ def describe_file(ffmpeg: str, path: str, uri: str, passes: list) -> dict:
     try:
         info = probe(ffmpeg, path)
     except MediaError:
-        return described
+        return _with_codecs(described)
     bitrate = info.bit_rate
     if not bitrate and info.duration_s:
         bitrate = round(size_bytes * 8 / info.duration_s)
@@ -265,7 +265,13 @@ def describe_file(ffmpeg: str, path: str, uri: str, passes: list) -> dict:
         duration_s=round(info.duration_s, 3) if info.duration_s else None,
         video_codec=info.codec("video"), audio_codec=info.codec("audio"),
         width=info.display_width, height=info.display_height, bitrate=bitrate)
-    return described
+    return _with_codecs(described)
+
+
+def _with_codecs(described: dict) -> dict:
+    """`described` with "codecs": its video and audio codecs as one list."""
+    codecs = [described.get(key) for key in ("video_codec", "audio_codec")]
+    return {**described, "codecs": [codec for codec in codecs if codec]}
 
 
 def _container(path: str, passes: list) -> str:
@@ -279,11 +285,12 @@ def describe(ffmpeg: str, output: Output, info: MediaInfo) -> dict:
     if output.kind == "sprite":
         described = thumbnails.sprite_outputs(output.geometry, output.local_dir,
                                               output.destination, output.sprite_base)[1]
-        return {**described, "size_bytes": _folder_bytes(output.local_dir)}
+        return _with_codecs({**described, "video_codec": "mjpeg", "audio_codec": None,
+                             "size_bytes": _folder_bytes(output.local_dir)})
     if output.kind == "hls":
-        return hls.describe(output.local_dir, output.destination, output.variants,
-                            info.codec("audio") is not None, output.master,
-                            output.dash_manifest)
+        return _with_codecs(hls.describe(output.local_dir, output.destination, output.variants,
+                                         info.codec("audio") is not None, output.master,
+                                         output.dash_manifest))
     return describe_file(ffmpeg, output.local_path, output.destination, output.passes)
 
 

@@ -86,11 +86,13 @@ def test_one_job_writes_files_and_an_hls_ladder_and_describes_each(system, clip)
     assert first["size_bytes"] == (out / "small.mp4").stat().st_size
     assert (first["container"], first["video_codec"], first["audio_codec"]) == \
         ("mp4", "h264", "aac")
+    assert first["codecs"] == ["h264", "aac"]
     assert (first["width"], first["height"]) == (640, 360) and first["bitrate"] > 0
     assert abs(first["duration_s"] - CLIP_S) < 0.1
     ladder = described[1]
     assert ladder["master_playlist"] == (out / "hls" / "master.m3u8").as_uri()
     assert ladder["renditions"] == 2 and ladder["segments"] >= 6
+    assert ladder["codecs"] == ["h264", "aac"] and described[4]["codecs"] == ["mjpeg"]
     assert (ladder["width"], ladder["height"]) == (1280, 720)
     assert described[2]["video_codec"] == "mjpeg"
     sprite = described[4]
