@@ -39,7 +39,7 @@ import re
 from core import uris
 from core.errors import ValidationError
 from core.options import FFMPEG_NOMMER, KNOWN_NOMMERS, check_output_caps
-from core.presets import options_to_run
+from core.presets import catalogue, options_to_run
 from core.settings import Settings
 
 KINDS = ("file", "hls", "sprite")
@@ -169,6 +169,10 @@ def _joined_preset(output: dict, preset_field: str, options_field: str) -> objec
         return job_options
     if not isinstance(preset, str) or not preset:
         raise ValidationError(f"{preset_field} must be the name of a preset (GET /presets)")
+    known = sorted([*catalogue()["presets"], HLS_PRESET, SPRITE_PRESET])
+    if preset not in known:
+        raise ValidationError(f"{preset_field} {preset[:40]!r} is not known; known presets: "
+                              f"{', '.join(known)} (GET /presets lists them)")
     if job_options is None:
         return {"preset": preset}
     if not isinstance(job_options, dict) or job_options.get("preset", preset) != preset:

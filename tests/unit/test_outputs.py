@@ -224,7 +224,7 @@ def test_a_preset_may_be_named_beside_its_overrides(root, settings):
     ({"preset": "mp4-360p", "job_options": [{"outfile_options": []}]},
      "beside preset, job_options holds only"),
     ({"preset": 7}, "preset must be the name of a preset"),
-    ({"preset": "no-such"}, "no-such"),
+    ({"preset": "no-such"}, "preset 'no-such' is not known; known presets: audio-aac"),
 ])
 def test_a_preset_named_beside_is_checked(root, settings, body, words):
     assert words in refusal({"dest_path": (root / "a.mp4").as_uri(), **body}, settings)
