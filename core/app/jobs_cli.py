@@ -33,6 +33,8 @@ def job_text(job: dict) -> str:
         lines.append(f"details  {job['state_details']}")
     for output in job.get("outputs") or []:
         lines.append(f"output   {output_text(output)}")
+        if output.get("dash_manifest"):
+            lines.append(f"         dash, the same renditions  {output['dash_manifest']}")
     for give_up in job.get("notifications_given_up") or []:
         lines.append(f"given up notification of {give_up['state']} at {give_up['given_up_at']}"
                      f" after {give_up['attempts']} attempts: {give_up['reason']}")

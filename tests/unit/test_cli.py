@@ -76,11 +76,12 @@ def test_status_text_shows_what_each_finished_output_is():
                 "height": 360, "size_bytes": 1000},
                {"kind": "hls", "uri": "file:///m/show/master.m3u8", "container": "hls",
                 "width": 1280, "height": 720, "renditions": 2, "segments": 9,
-                "size_bytes": 5000}]}
+                "size_bytes": 5000, "dash_manifest": "file:///m/show/manifest.mpd"}]}
     lines = job_text(job).splitlines()
     assert "output   file, mp4, 640x360, 1000 bytes  file:///m/a.mp4" in lines
     assert ("output   hls, hls, 1280x720, 2 renditions, 9 segments, 5000 bytes  "
             "file:///m/show/master.m3u8") in lines
+    assert "         dash, the same renditions  file:///m/show/manifest.mpd" in lines
 
 
 def test_status_text_shows_the_notification_format_and_each_give_up():
