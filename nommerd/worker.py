@@ -135,6 +135,11 @@ class HeldJob:
         # Read without the lock (a float), by the watchdog, while a write may hang.
         self._lease_until = time.monotonic() + left_s
 
+    @property
+    def lease_s(self) -> float:
+        """How long each renewal makes the lease."""
+        return self._lease_s
+
     def lease_left_s(self) -> float:
         """Seconds until the stored lease runs out, unless renewed before."""
         return self._lease_until - time.monotonic()
@@ -188,6 +193,29 @@ class HeldJob:
             return True
 
 
+def lease_margin_s(lease_s: float) -> float:
+    """How long before an unrenewed lease runs out its worker stops."""
+    return min(LEASE_MARGIN_S, lease_s / 4)
+
+
+def ready_to_work(held: HeldJob, delivery: int) -> HeldJob | None:
+    """`held`, just claimed, if its lease leaves time to work; else None.
+
+    A claim that took long (botocore retried it) leaves a short lease: it is
+    renewed before the work starts. When even the renewal takes longer than
+    the lease, another encoder may have claimed the job meanwhile; working
+    now would overlap it, so the job is left to the next delivery."""
+    lease_s = held.lease_s
+    if held.lease_left_s() < lease_s / 2:
+        held.heartbeat()
+    if held.lost or held.lease_left_s() < lease_margin_s(lease_s):
+        log.warning("job %s: lease ran out before the claim (delivery %d) could be renewed; "
+                    "not worked on here", held.job.id, delivery)
+        return None
+    log.info("job %s: claimed (delivery %d)", held.job.id, delivery)
+    return held
+
+
 class Watchdog:
     """While a job is worked on: every `interval_s` extend its message and
     heartbeat the job (in one thread); stop ffmpeg when the job is lost or
@@ -215,7 +243,7 @@ class Watchdog:
         self._interval_s = settings.nommerd_heartbeat_interval_s
         self._visibility_timeout_s = settings.visibility_timeout_s
         self._lease_s = settings.job_lease_s
-        self._margin_s = min(LEASE_MARGIN_S, settings.job_lease_s / 4)
+        self._margin_s = lease_margin_s(settings.job_lease_s)
         self._done = threading.Event()
         name = held.job.id[:8]
         self._threads = [threading.Thread(target=self._guard, daemon=True, name=f"guard-{name}"),
@@ -409,13 +437,8 @@ class Worker:
         job_id = message.body.strip()
         job = self.jobs.claim(job_id, self.node_id, self.settings.job_lease_s)
         if job is not None:
-            log.info("job %s: claimed (delivery %d)", job_id, message.receive_count)
-            held = HeldJob(self.backends, job, self.settings.job_lease_s)
-            if held.lease_left_s() < self.settings.job_lease_s / 2:
-                # The claim took long (botocore retried it): renew the lease
-                # before the work starts, or the watchdog stops it at once.
-                held.heartbeat()
-            return held
+            return ready_to_work(HeldJob(self.backends, job, self.settings.job_lease_s),
+                                 message.receive_count)
         try:
             current = self.backends.store.get_job(job_id)
         except NotFound:
