@@ -77,7 +77,12 @@ class Daemon:
         self.backends = backends
         self.node_id = node_id
         self.stop_grace_s = stop_grace_s
-        self.control = Control(on_change=self.report)
+        # A job's start or end is reported by the main loop, not by the
+        # worker: a store write that hangs in retries must not delay a
+        # worker between its claim and its watchdog (its lease would run
+        # out unguarded).
+        self._report_wanted = threading.Event()
+        self.control = Control(on_change=self._report_wanted.set)
         self.started_at: datetime = utcnow()
         self.signals_seen = 0  # written only by signal handlers
         self._signals_handled = 0
@@ -120,6 +125,9 @@ class Daemon:
                 if self._gave_up_waiting():
                     break
                 self._stop_when_idle()
+                if self._report_wanted.is_set():
+                    self._report_wanted.clear()
+                    self.report()
                 if time.monotonic() >= next_report_at:
                     self._check_draining()
                     self.report()
