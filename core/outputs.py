@@ -47,6 +47,9 @@ _OUTPUT_KEYS = ("destination", "job_options", "kind", "preset")
 
 HLS_PRESET = "hls"
 SPRITE_PRESET = "sprite"
+HLS_MASTER = "master.m3u8"
+DASH_MANIFEST = "manifest.mpd"
+SPRITE_BASE = "sprite"
 MIN_SPRITE_INTERVAL_S, MAX_SPRITE_INTERVAL_S = 0.5, 3600
 DEFAULT_LADDER = (360, 720, 1080)
 MAX_RUNGS = 6
@@ -107,6 +110,26 @@ def default_video_bitrate(height: int) -> str:
     """A rung's default H.264 bitrate: 5000k at 1080 lines, following
     height^1.5 (2700k at 720, 950k at 360), in steps of 50k."""
     return f"{max(100, round(5000 * (height / 1080) ** 1.5 / 50) * 50)}k"
+
+
+def master_name(spec: dict) -> str:
+    """An hls output's master playlist file name: the one its destination
+    named, else HLS_MASTER."""
+    return spec.get("master") or HLS_MASTER
+
+
+def dash_manifest_name(spec: dict) -> str:
+    """An hls output's DASH manifest file name: beside a named master
+    playlist, its name with .mpd; else DASH_MANIFEST."""
+    master = spec.get("master")
+    return master[:-len(".m3u8")] + ".mpd" if master else DASH_MANIFEST
+
+
+def sprite_track_name(spec: dict) -> str:
+    """A sprite output's base name (its track is <base>.vtt, its sheets
+    <base>.jpg or <base>_000.jpg, ...): the one its destination named, else
+    SPRITE_BASE."""
+    return spec.get("name") or SPRITE_BASE
 
 
 def is_hls_request(job_options: object) -> bool:
@@ -186,9 +209,9 @@ def requested_uri(output: dict) -> str:
     output that names its master playlist or track, that file."""
     spec = output.get(output["kind"]) or {}
     if output["kind"] == HLS_PRESET and spec.get("master"):
-        return output["destination"] + spec["master"]
+        return output["destination"] + master_name(spec)
     if output["kind"] == SPRITE_PRESET and spec.get("name"):
-        return output["destination"] + spec["name"] + _NAMED_SUFFIX[SPRITE_PRESET]
+        return output["destination"] + sprite_track_name(spec) + _NAMED_SUFFIX[SPRITE_PRESET]
     return output["destination"]
 
 
@@ -293,12 +316,12 @@ def _claims(output: dict) -> list[tuple[str, str]]:
     if kind == HLS_PRESET and spec.get("master"):
         # The renditions' folders are named by their heights, which the
         # source decides; so the ladder claims every folder under its own.
-        claims = [(destination + spec["master"], "file"), (destination, "folders")]
+        claims = [(destination + master_name(spec), "file"), (destination, "folders")]
         if spec.get("dash"):
-            claims.append((destination + spec["master"][:-len(".m3u8")] + ".mpd", "file"))
+            claims.append((destination + dash_manifest_name(spec), "file"))
         return claims
     if kind == SPRITE_PRESET and spec.get("name"):
-        base = destination + spec["name"]
+        base = destination + sprite_track_name(spec)
         return [(base + ".vtt", "file"), (base + ".jpg", "file"), (base + "_", "prefix")]
     return [(destination, "prefix" if destination.endswith("/") else "file")]
 

@@ -169,8 +169,18 @@ def parse_change(body: str) -> tuple[StateChange, datetime]:
 def retry_delay_s(receive_count: int, left_s: float) -> float:
     """Seconds to wait before delivery `receive_count` + 1: 1, 2, 4, ... capped at
     BACKOFF_CAP_S and at `left_s`, the time left to keep trying."""
+    return max(0.0, min(doubling_s(receive_count, 1.0, BACKOFF_CAP_S), left_s))
+
+
+def doubling_s(receive_count: int, first_s: float, cap_s: float) -> float:
+    """`first_s` at the first delivery, twice as long at each later one, at most `cap_s`."""
     exponent = min(max(receive_count - 1, 0), 16)
-    return max(0.0, min(2.0 ** exponent, BACKOFF_CAP_S, left_s))
+    return min(first_s * 2.0 ** exponent, cap_s)
+
+
+def _give_up_key(give_up: dict) -> tuple:
+    """Which change a give-up is of: the same change given up twice is listed once."""
+    return give_up.get("state"), give_up.get("changed_at")
 
 
 class Scheduler:
@@ -445,13 +455,12 @@ class Scheduler:
         """A parked give-up came back: write it if its job has ended, else
         park it again for longer."""
         kept = self._unrecorded_give_ups.setdefault(job_id, [])
-        if not any((one["state"], one["changed_at"]) == (record["state"], record["changed_at"])
-                   for one in kept):
+        if _give_up_key(record) not in {_give_up_key(one) for one in kept}:
             kept.append(record)
         self._record_give_ups(job_id)
         if job_id in self._unrecorded_give_ups:
-            exponent = min(max(message.receive_count - 1, 0), 16)
-            self._hide(message.receipt, min(PARK_FIRST_S * 2.0 ** exponent, PARK_CAP_S))
+            self._hide(message.receipt,
+                       doubling_s(message.receive_count, PARK_FIRST_S, PARK_CAP_S))
         else:
             self._delete(message.receipt)
 
@@ -555,8 +564,8 @@ class Scheduler:
 def _with_give_ups(job: Job, give_ups: list[dict]) -> Job | None:
     """`job` with the `give_ups` it does not list yet added to its list and
     details; None when it lists them all already."""
-    listed = {(g.get("state"), g.get("changed_at")) for g in job.notifications_given_up}
-    new = [g for g in give_ups if (g["state"], g["changed_at"]) not in listed]
+    listed = {_give_up_key(g) for g in job.notifications_given_up}
+    new = [g for g in give_ups if _give_up_key(g) not in listed]
     if not new:
         return None
     details = job.state_details

@@ -125,13 +125,13 @@ class Daemon:
                 if self._gave_up_waiting():
                     break
                 self._stop_when_idle()
-                if self._report_wanted.is_set():
+                due = time.monotonic() >= next_report_at
+                if due:
+                    self._check_draining()
+                    next_report_at = time.monotonic() + self.settings.nommerd_heartbeat_interval_s
+                if due or self._report_wanted.is_set():
                     self._report_wanted.clear()
                     self.report()
-                if time.monotonic() >= next_report_at:
-                    self._check_draining()
-                    self.report()
-                    next_report_at = time.monotonic() + self.settings.nommerd_heartbeat_interval_s
                 time.sleep(LOOP_TICK_S)
         finally:
             self._stopped = True

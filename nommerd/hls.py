@@ -24,9 +24,9 @@ import re
 
 from core.errors import MediaError
 from core.media import MediaInfo
+from core.outputs import HLS_MASTER, dash_manifest_name, master_name
 
-MASTER = "master.m3u8"
-DASH_MANIFEST = "manifest.mpd"
+MASTER = HLS_MASTER
 DASH_FOLDER = "dash"
 PLAYLIST = "index.m3u8"
 AUDIO_NAME = "audio"
@@ -98,18 +98,6 @@ def ladder_args(spec: dict, info: MediaInfo, out_dir: str, label: str) -> tuple[
     return graph, args
 
 
-def master_name(spec: dict) -> str:
-    """The master playlist's file name: the one the destination named, else MASTER."""
-    return spec.get("master") or MASTER
-
-
-def dash_name(spec: dict) -> str:
-    """The DASH manifest's file name: beside a named master playlist, its
-    name with .mpd; else DASH_MANIFEST."""
-    master = spec.get("master")
-    return master[:-len(".m3u8")] + ".mpd" if master else DASH_MANIFEST
-
-
 def dash_argv(ffmpeg: str, spec: dict, out_dir: str, variants: list[dict],
               has_audio: bool) -> list[str]:
     """The ffmpeg command that packages a finished ladder (its fMP4
@@ -137,7 +125,7 @@ def dash_argv(ffmpeg: str, spec: dict, out_dir: str, variants: list[dict],
              "-use_template", "1", "-use_timeline", "1", "-adaptation_sets", sets,
              "-init_seg_name", f"{DASH_FOLDER}/$RepresentationID$/init.mp4",
              "-media_seg_name", f"{DASH_FOLDER}/$RepresentationID$/seg_$Number%05d$.m4s",
-             os.path.join(out_dir, dash_name(spec))]
+             os.path.join(out_dir, dash_manifest_name(spec))]
     return argv
 
 

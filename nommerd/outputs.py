@@ -25,7 +25,8 @@ from collections.abc import Callable
 from core.errors import MediaError
 from core.interfaces import OutputFile
 from core.media import MediaInfo, probe
-from core.outputs import PER_OUTPUT_INPUT_OPTIONS
+from core.outputs import (PER_OUTPUT_INPUT_OPTIONS, dash_manifest_name, master_name,
+                          sprite_track_name)
 from core.storage.content_types import content_type_for
 from core.settings import Settings
 from nommerd import hls, thumbnails
@@ -61,17 +62,17 @@ class Output:
     @property
     def master(self) -> str:
         """An hls output's master playlist file name."""
-        return hls.master_name(self.hls or {})
+        return master_name(self.hls or {})
 
     @property
     def dash_manifest(self) -> str | None:
         """An hls output's DASH manifest file name, when it asked for one."""
-        return hls.dash_name(self.hls) if self.hls and self.hls.get("dash") else None
+        return dash_manifest_name(self.hls) if self.hls and self.hls.get("dash") else None
 
     @property
     def sprite_base(self) -> str:
         """What a sprite's track and sheets are named after."""
-        return (self.sprite or {}).get("name") or thumbnails.DEFAULT_BASE
+        return sprite_track_name(self.sprite or {})
 
     @property
     def shared(self) -> bool:

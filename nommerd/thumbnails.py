@@ -47,10 +47,11 @@ import math
 import os
 
 from core.interfaces import OutputFile
+from core.outputs import SPRITE_BASE
 from core.settings import Settings
 from core.storage.content_types import content_type_for
 
-DEFAULT_BASE = "sprite"
+DEFAULT_BASE = SPRITE_BASE
 # JPEG quality for ffmpeg's mjpeg encoder: 2 (best) .. 31; tiles are small and
 # viewed in passing, 4 keeps a 1600x900 sheet around 100 KB.
 JPEG_QUALITY = 4
