@@ -13,7 +13,7 @@ import pytest
 
 from core import webhooks
 from tests.process.test_api import Api, settings_for
-from tests.process.test_scheduler import Schedulers, wait_for
+from tests.process.test_scheduler import Schedulers, queued_bodies, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -163,6 +163,27 @@ def test_a_give_up_while_the_job_runs_survives_a_scheduler_restart(api, receiver
         api.request("GET", f"/jobs/{job_id}").json["job"]), 40,
         "both give-ups listed", schedulers)
     assert [g["state"] for g in job["notifications_given_up"]] == ["PENDING", "CANCELLED"]
+
+
+def test_a_give_up_parked_twice_is_listed_once(api, receiver, schedulers):
+    schedulers.start(webhook_secret=SECRET, notify_retry_for_s=2)
+    job_id = submit_json(api, receiver.url("/down"))
+    parked = wait_for(lambda: [body for body in queued_bodies(api.backends) if "given_up" in body],
+                      20, "the PENDING give-up parked", schedulers)
+    # A send that took but lost its answer is sent again: SQS then holds the
+    # same give-up twice.
+    api.backends.state_changes.send(json.dumps(parked[0]))
+
+    assert api.request("POST", f"/jobs/{job_id}/cancel").status == 200
+    job = wait_for(lambda: (lambda j: j if len(j["notifications_given_up"]) == 2 else None)(
+        api.request("GET", f"/jobs/{job_id}").json["job"]), 40,
+        "both give-ups listed", schedulers)
+    wait_for(lambda: not queued_bodies(api.backends), 30,
+             "every parked give-up settled", schedulers)
+    listed = api.request("GET", f"/jobs/{job_id}").json["job"]["notifications_given_up"]
+    assert [g["state"] for g in listed] == ["PENDING", "CANCELLED"] == \
+        [g["state"] for g in job["notifications_given_up"]]
+    assert job["state_details"].count("notification of PENDING given up") == 1
 
 
 def test_post_notify_sends_the_current_state_again(api, receiver, schedulers):
