@@ -140,7 +140,9 @@ def test_cancel_during_encoding_stops_ffmpeg_and_writes_nothing(shared, long_cli
     job = shared.jobs.submit(long_clip.as_uri(), out.as_uri(), passes(preset="veryslow"))
     shared.wait_state(job.id, {JobState.ENCODING})
     ffmpeg_pids = wait_for(shared.ffmpeg_children, 20, "ffmpeg to start")
-    [node] = shared.backends.store.list_nodes()
+    # The main loop reports the job's start within a tick of its claim.
+    [node] = wait_for(lambda: (lambda nodes: nodes if nodes[0].state == "working" else None)(
+        shared.backends.store.list_nodes()), 10, "the node reported working")
     assert (node.id, node.state, node.active_jobs) == ("shared", "working", 1)
     shared.jobs.cancel(job.id)
     wait_for(lambda: not any(is_running(pid) for pid in ffmpeg_pids), 10, "ffmpeg to stop")
